@@ -1,0 +1,153 @@
+"""EVL's front cache: the route and neighbour information the oob path needs, read without locks.
+
+Readers (oob threads inside ``oob_sendmsg``) do a single ``dict.get``, which is atomic under the
+GIL and never waits. Writers are in-band only: the stack's own ARP and routing table on virtual
+links, or the netlink feeder for Linux interfaces. Entries are immutable; a change replaces the
+entry, so a reader never sees a half-written one.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterator
+
+
+class Route:
+    """How to reach one destination: the output port, the next hop and our source address."""
+
+    __slots__ = ("destination", "port", "gateway", "source")
+
+    def __init__(self, destination: int, port: Any, gateway: int, source: int) -> None:
+        self.destination = destination  # IPv4 as int
+        self.port = port                # the oob Port that sends
+        self.gateway = gateway          # next hop as int, 0 when on-link
+        self.source = source            # preferred source address as int
+
+    @property
+    def next_hop(self) -> int:
+        return self.gateway or self.destination
+
+    def __repr__(self) -> str:
+        from ..wire.ipv4 import int_to_ip
+        gw = f" via {int_to_ip(self.gateway)}" if self.gateway else ""
+        return (f"Route({int_to_ip(self.destination)}{gw} dev {getattr(self.port, 'name', '?')}"
+                f" src {int_to_ip(self.source)})")
+
+
+class Neighbour:
+    """A resolved link-layer address."""
+
+    __slots__ = ("address", "mac", "port", "permanent")
+
+    def __init__(self, address: int, mac: bytes, port: Any, permanent: bool = False) -> None:
+        self.address = address
+        self.mac = mac
+        self.port = port
+        self.permanent = permanent
+
+    def __repr__(self) -> str:
+        from ..wire.ipv4 import int_to_ip
+        from ..wire.ethernet import mac_to_str
+        perm = " PERMANENT" if self.permanent else ""
+        return f"Neighbour({int_to_ip(self.address)} lladdr {mac_to_str(self.mac)}{perm})"
+
+
+class _Cache:
+    """Shared mechanics: a dict read lock-free, written in-band, with waiters for solicit."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, Any] = {}
+        self._changed = threading.Condition()
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, key: int):
+        """Oob-safe read: one dict lookup, no lock."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def peek(self, key: int):
+        """Read without touching the hit/miss counters (in-band use)."""
+        return self._entries.get(key)
+
+    def _store(self, key: int, entry: Any) -> None:
+        self._entries[key] = entry
+        with self._changed:
+            self._changed.notify_all()
+
+    def forget(self, key: int) -> None:
+        if self._entries.pop(key, None) is not None:
+            with self._changed:
+                self._changed.notify_all()
+
+    def flush(self) -> None:
+        self._entries.clear()
+
+    def purge_port(self, port: Any) -> None:
+        for key, entry in list(self._entries.items()):
+            if entry.port is port:
+                self._entries.pop(key, None)
+
+    def wait_for(self, key: int, deadline_ns: int) -> Any:
+        """In-band: block until *key* is cached or the deadline passes; returns the entry or None."""
+        with self._changed:
+            while True:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    return entry
+                remaining = (deadline_ns - time.monotonic_ns()) / 1e9
+                if remaining <= 0:
+                    return None
+                self._changed.wait(min(remaining, 0.05))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._entries.values()))
+
+
+class RouteCache(_Cache):
+    """Destination IPv4 (int) -> Route."""
+
+    def learn(self, route: Route) -> None:
+        self._store(route.destination, route)
+
+
+class NeighbourCache(_Cache):
+    """Next-hop IPv4 (int) -> Neighbour."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: in-band callbacks run after a neighbour is learnt (flush datagrams waiting for it)
+        self.on_learn: list = []
+
+    def learn(self, neighbour: Neighbour) -> None:
+        old = self._entries.get(neighbour.address)
+        if old is not None and old.permanent and not neighbour.permanent and old.mac == neighbour.mac:
+            return  # EVL: a permanent state is never downgraded
+        self._store(neighbour.address, neighbour)
+        for callback in self.on_learn:
+            callback(neighbour)
+
+
+class FrontCache:
+    """The pair of caches one stack owns."""
+
+    def __init__(self) -> None:
+        self.routes = RouteCache()
+        self.neighbours = NeighbourCache()
+
+    def flush_routes(self) -> None:
+        self.routes.flush()
+
+    def flush_neighbours(self) -> None:
+        self.neighbours.flush()
+
+    def purge_port(self, port: Any) -> None:
+        self.routes.purge_port(port)
+        self.neighbours.purge_port(port)

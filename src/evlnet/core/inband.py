@@ -1,0 +1,61 @@
+"""The stack's in-band worker: one thread that does the slow things the oob path must never wait
+for (neighbour resolution, ARP, demoted sends, port teardown after a link vanishes)."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Callable
+
+from .buffers import Doorbell
+
+log = logging.getLogger("evlnet.inband")
+
+
+class InbandWorker:
+    """Runs posted jobs in order on a daemon thread. ``post`` never blocks (EVL: evl_call_inband)."""
+
+    def __init__(self, name: str, periodic: Callable[[], None] | None = None,
+                 period: float = 0.25) -> None:
+        self._jobs: deque[tuple[Callable, tuple]] = deque()
+        self._periodic = periodic
+        self._period = period
+        self._bell = Doorbell()
+        self._running = True
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name=f"{name}.inband", daemon=True)
+        self._thread.start()
+
+    def post(self, fn: Callable, *args) -> None:
+        self._jobs.append((fn, args))
+        self._bell.ring()
+
+    def _run(self) -> None:
+        import time
+        next_tick = time.monotonic() + self._period
+        while self._running or self._jobs:
+            if self._periodic is not None and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self._period
+                self._jobs.append((self._periodic, ()))
+            try:
+                fn, args = self._jobs.popleft()
+            except IndexError:
+                if not self._running:
+                    break
+                self._bell.wait(self._period)
+                continue
+            try:
+                fn(*args)
+            except Exception:  # a failed job must not kill the worker; it is counted and logged
+                self.failures += 1
+                log.exception("in-band job %r failed", fn)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._running = False
+        self._bell.ring()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()

@@ -1,0 +1,245 @@
+"""An oob port: the per-interface state EVL creates when a port is enabled.
+
+One port owns a TX buffer pool (EVL's skb pool), an RX buffer pool (EVL leaves RX buffers to the
+NIC driver; a user-space device needs somewhere to copy frames to), a qdisc, and two threads:
+
+- ``<if>.rx`` blocks in ``device.receive()``, stamps ``queuing_time`` and runs the protocol input
+  for each frame (Ethernet → IPv4 → UDP/ICMP, or packet sockets) up to the socket queue;
+- ``<if>.tx`` drains the qdisc, stamps ``device_time`` and hands frames to the device, then pushes
+  TX timestamp records and gives the buffer back to the pool.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ..constants import EVL_SOF_TIMESTAMP_DEVICE, EVL_SOF_TIMESTAMP_QUEUING, EVL_SOF_TIMESTAMP_TX
+from ..errors import oserror
+from .buffers import BufferPool, Doorbell, PacketBuffer
+from .interface import Interface
+from .qdisc import make_qdisc
+from .stats import DevStat, PortCounters
+
+if TYPE_CHECKING:
+    from .stack import Stack
+
+log = logging.getLogger("evlnet.port")
+_now = time.monotonic_ns
+_TX = EVL_SOF_TIMESTAMP_TX
+_TXQ = EVL_SOF_TIMESTAMP_TX | EVL_SOF_TIMESTAMP_QUEUING
+_TXD = EVL_SOF_TIMESTAMP_TX | EVL_SOF_TIMESTAMP_DEVICE
+
+RX_BATCH = 64
+#: How often the RX thread wakes with no traffic to run housekeeping (fragment expiry).
+RX_IDLE_TICK = 0.25
+
+
+class Port:
+    """An enabled oob port. Fd-like: ``fileno()`` is a descriptor owned by the port."""
+
+    def __init__(self, stack: "Stack", iface: Interface, poolsz: int, bufsz: int,
+                 rx_poolsz: int) -> None:
+        self.stack = stack
+        self.iface = iface
+        self.device = iface.device
+        self.name = iface.name
+        self.ifindex = self.device.ifindex
+        self.mtu = self.device.mtu
+        self.mac = self.device.mac
+        self.vlan_id = self.device.vlan_id
+        self.bufsz = bufsz
+        self.tx_pool = BufferPool(poolsz, bufsz, f"{self.name} TX pool")
+        self.rx_pool = BufferPool(rx_poolsz, bufsz, f"{self.name} RX pool")
+        self.qdisc = make_qdisc(stack.settings.qdisc)
+        self.counters = PortCounters()
+        self.local_addrs: frozenset[int] = frozenset(iface.local_addresses())
+        self.iface_unicast: frozenset[int] = frozenset(a.address for a in iface.addresses)
+        self.reassembler = None   # set by the stack (IPv4 reassembly state of this port)
+        self._tx_bell = Doorbell()
+        self._tx_busy = False
+        self.enabled = True          # False once disable starts: senders get ENETDOWN
+        self.link_up = self.device.is_up()
+        self._running = True
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self.device.on_link_change = self._link_changed
+        self.device.attach(self.rx_pool)
+        self._rx_thread = threading.Thread(target=self._rx_loop, name=f"{self.name}.rx", daemon=True)
+        self._tx_thread = threading.Thread(target=self._tx_loop, name=f"{self.name}.tx", daemon=True)
+        self._rx_thread.start()
+        self._tx_thread.start()
+
+    # -- handle -------------------------------------------------------------------------------
+    def fileno(self) -> int:
+        """The port's descriptor (-1 once disabled)."""
+        return self._fd
+
+    @property
+    def oob_capable(self) -> bool:
+        return self.device.oob_capable
+
+    def __repr__(self) -> str:
+        state = "enabled" if self.enabled else "disabled"
+        return f"<Port {self.name} {state} fd={self._fd}>"
+
+    def refresh_addresses(self) -> None:
+        """In-band: the interface's addresses changed."""
+        self.local_addrs = frozenset(self.iface.local_addresses())
+        self.iface_unicast = frozenset(a.address for a in self.iface.addresses)
+
+    # -- TX -----------------------------------------------------------------------------------
+    def check_sendable(self) -> None:
+        if not self.enabled:
+            raise oserror(errno.ENETDOWN, f"port {self.name} is disabled")
+        if not self.link_up:
+            raise oserror(errno.ENETDOWN, f"link {self.name} is down")
+
+    def take_tx_buffer(self, nonblock: bool, deadline_ns: int | None) -> PacketBuffer:
+        """A buffer from the TX pool; exhaustion counts tx_nomem, then fails or waits."""
+        buf = self.tx_pool.take()
+        if buf is not None:
+            return buf
+        self.counters.tx_nomem += 1
+        if nonblock:
+            raise oserror(errno.EWOULDBLOCK, f"TX pool of {self.name} is empty")
+        return self.tx_pool.take_wait(deadline_ns)
+
+    def transmit(self, buf: PacketBuffer) -> None:
+        """Queue a built frame for the TX thread (stamps queuing_time when asked)."""
+        if not self.enabled or not self.link_up:
+            buf.release()
+            self.counters.tx_dropped_down += 1
+            raise oserror(errno.ENETDOWN, f"port {self.name} is down")
+        if buf.tsflags & _TXQ == _TXQ:
+            buf.queuing_time = _now()
+        if not self.qdisc.enqueue(buf):
+            self.counters.tx_qdisc_drops += 1
+            buf.release()
+            raise oserror(errno.ENOBUFS, f"qdisc of {self.name} is full")
+        self._tx_bell.ring()
+
+    def _tx_loop(self) -> None:
+        dequeue = self.qdisc.dequeue
+        wait = self._tx_bell.wait
+        xmit = self._xmit
+        while True:
+            buf = dequeue()
+            if buf is None:
+                self._tx_busy = False
+                if not self._running:
+                    return
+                wait()
+                continue
+            self._tx_busy = True
+            xmit(buf)
+
+    def _xmit(self, buf: PacketBuffer) -> None:
+        ts = buf.tsflags
+        if ts & _TXD == _TXD:
+            buf.device_time = _now()
+        counters = self.counters
+        try:
+            self.device.transmit(buf.view[buf.start:buf.end])
+        except OSError as exc:
+            if exc.errno in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
+                counters.tx_dropped_down += 1
+            else:
+                counters.tx_errors += 1
+        else:
+            counters.tx_packets += 1
+            counters.tx_bytes += buf.end - buf.start
+            sock = buf.sock
+            if sock is not None and ts & _TX:
+                sock._push_tx_timestamp(buf.device_time, buf.queuing_time, buf.delivery_time)
+        buf.release()
+
+    # -- RX -----------------------------------------------------------------------------------
+    def _rx_loop(self) -> None:
+        batch: list[PacketBuffer] = []
+        device = self.device
+        counters = self.counters
+        ethernet_input = self.stack.ethernet_input
+        housekeeping = self.stack.housekeeping
+        next_tick = _now() + int(RX_IDLE_TICK * 1e9)
+        while self._running:
+            try:
+                n = device.receive(batch, RX_BATCH, RX_IDLE_TICK)
+            except OSError as exc:  # device gone or down: wait for the link state to settle
+                log.debug("%s: receive failed: %s", self.name, exc)
+                time.sleep(0.05)
+                continue
+            if n:
+                for buf in batch:
+                    buf.queuing_time = _now()
+                    buf.port = self
+                    counters.rx_packets += 1
+                    counters.rx_bytes += buf.end - buf.start
+                    ethernet_input(self, buf)
+                batch.clear()
+            now = _now()
+            if now >= next_tick:
+                next_tick = now + int(RX_IDLE_TICK * 1e9)
+                housekeeping(self, now)
+
+    # -- link state ---------------------------------------------------------------------------
+    def _link_changed(self, up: bool | None) -> None:
+        if up is None:   # the interface disappeared: disable the port from the in-band stage
+            self.link_up = False
+            self.stack.inband.post(self.stack._interface_vanished, self)
+            self.stack._wake_receivers(self, errno.ENETDOWN)
+            return
+        self.link_up = bool(up)
+        if not up:
+            self.stack._wake_receivers(self, errno.ENETDOWN)
+
+    # -- teardown -----------------------------------------------------------------------------
+    def shutdown(self, drain_timeout: float = 5.0) -> None:
+        """Stop the port: refuse new sends, let queued frames leave, stop threads, free pools."""
+        if not self._running:
+            return
+        self.enabled = False
+        deadline = time.monotonic() + drain_timeout
+        # EVL waits for in-flight TX buffers to be transmitted before tearing down.
+        while (len(self.qdisc) or self._tx_busy) and time.monotonic() < deadline and self.link_up:
+            self._tx_bell.ring()
+            time.sleep(0.001)
+        self._running = False
+        self._tx_bell.ring()
+        if threading.current_thread() is not self._tx_thread:
+            self._tx_thread.join(drain_timeout)
+        while (buf := self.qdisc.dequeue()) is not None:   # link down: these cannot leave
+            self.counters.tx_dropped_down += 1
+            buf.release()
+        self.device.on_link_change = None
+        self.device.detach()
+        self.device.wake()
+        if threading.current_thread() is not self._rx_thread:
+            self._rx_thread.join(drain_timeout)
+        self.tx_pool.close()
+        self.rx_pool.close()
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        self._fd = -1
+
+    @property
+    def threads_alive(self) -> bool:
+        return self._rx_thread.is_alive() or self._tx_thread.is_alive()
+
+    # -- statistics ---------------------------------------------------------------------------
+    def stats(self) -> DevStat:
+        c = self.counters
+        dev = self.device.stats
+        extra = {k: v for k, v in c.as_dict().items() if k not in DevStat.__dataclass_fields__}
+        extra.update(device_rx_dropped=dev.rx_dropped, device_tx_errors=dev.tx_errors,
+                     kernel_drops=dev.kernel_drops, kernel_freeze_q_cnt=dev.kernel_freeze_q_cnt)
+        return DevStat(
+            rx_packets=c.rx_packets, rx_bytes=c.rx_bytes, tx_packets=c.tx_packets,
+            tx_bytes=c.tx_bytes, skb_size=self.tx_pool.size, skb_free=self.tx_pool.free,
+            skb_total=self.tx_pool.total, csum_errors=c.csum_errors,
+            rx_nomem=c.rx_nomem + dev.rx_nomem, tx_nomem=c.tx_nomem,
+            oob_capable=self.device.oob_capable, oob_port=self.enabled, extra=extra)

@@ -1,0 +1,604 @@
+"""The stack: interfaces, ports, sockets, the front cache, protocols and the in-band worker.
+
+One ``Stack`` is one EVL network stack (EVL keeps one per network namespace). Module-level
+functions in ``evlnet`` use a default instance, so programs read like the C API; tests and
+programs that need two stacks make their own.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket as _pysocket
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..constants import (AF_INET, EVL_DEFAULT_POOLSZ, EVL_MAX_BUFSZ, EVL_MAX_POOLSZ,
+                         EVL_NEIGH_FLAGS, EVL_NEIGH_MAYROUTE, EVL_NEIGH_PERMANENT, PAGE_SIZE,
+                         SOCK_OOB)
+from ..drivers.base import Device
+from ..errors import oserror
+from ..proto.arp import ArpLayer
+from ..proto.ethernet import EthernetLayer
+from ..proto.icmp import IcmpProtocol
+from ..proto.ipv4 import Ipv4Layer, Reassembler
+from ..proto.packet import PacketProtocol
+from ..proto.registry import Protocol, ProtocolRegistry
+from ..proto.udp import UdpProtocol
+from .buffers import BufferPool
+from .frontcache import FrontCache, Neighbour, Route
+from .inband import InbandWorker
+from .interface import Address, Interface
+from .port import Port
+from .stats import DevStat
+
+log = logging.getLogger("evlnet.stack")
+_SOCK_FLAGS = SOCK_OOB | getattr(_pysocket, "SOCK_NONBLOCK", 0o4000) | getattr(_pysocket, "SOCK_CLOEXEC", 0o2000000)
+_now = time.monotonic_ns
+BROADCAST_MAC = b"\xff" * 6
+#: demoted datagrams kept per unresolved next hop (Linux: neigh unres_qlen)
+UNRESOLVED_QLEN = 64
+
+
+@dataclass
+class StackSettings:
+    """Stack-wide tunables (EVL keeps most of them in /sys/class/evl/net)."""
+
+    solicit_timeout: float = 5.0          #: EVL ipv4_solicit_timeout, seconds
+    qdisc: str = "oob_fifo"
+    rx_poolsz: int = 1024                 #: RX buffers per port (EVL leaves these to the driver)
+    ipfrag_time: float = 30.0             #: reassembly timeout (Linux IP_FRAG_TIME)
+    ipfrag_max_datagrams: int = 64        #: datagrams in reassembly at once, per port
+    ipfrag_max_buffers: int = 256         #: fragment buffers held at once, per port
+    reasm_poolsz: int = 16                #: 64 KiB buffers for reassembled datagrams
+    icmp_echo_ignore_all: bool = False
+    icmp_echo_ignore_broadcasts: bool = True
+    accept_multicast: bool = False
+    #: EVL's strict rule on Linux ports: accept nothing without an eBPF filter or a VLAN set.
+    strict_diversion: bool = False
+
+
+@dataclass
+class StackCounters:
+    tx_demoted: int = 0          #: datagrams sent through the in-band stage (front-cache miss)
+    tx_demote_failed: int = 0    #: demoted datagrams that could not be resolved and were dropped
+
+
+@dataclass
+class StaticRoute:
+    network: int
+    prefixlen: int
+    gateway: int
+    ifname: str | None
+
+    def contains(self, ip: int) -> bool:
+        mask = (0xFFFFFFFF << (32 - self.prefixlen)) & 0xFFFFFFFF if self.prefixlen else 0
+        return (ip & mask) == self.network
+
+
+def parse_cidr(text: str) -> tuple[int, int]:
+    addr, _, plen = text.partition("/")
+    try:
+        ip = int.from_bytes(_pysocket.inet_aton(addr), "big")
+        prefix = int(plen) if plen else 32
+    except (OSError, ValueError):
+        raise oserror(errno.EINVAL, f"bad IPv4 prefix {text!r}") from None
+    if not 0 <= prefix <= 32:
+        raise oserror(errno.EINVAL, f"bad prefix length in {text!r}")
+    return ip, prefix
+
+
+def parse_vlan_list(spec: str) -> set[int]:
+    """EVL's ``vlans`` syntax: ``42-45,100``; empty clears. VIDs 0, 1 and 4095 are EINVAL."""
+    out: set[int] = set()
+    spec = spec.strip()
+    if not spec:
+        return out
+    for part in spec.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise oserror(errno.EINVAL, f"bad VLAN list {spec!r}") from None
+        if a > b:
+            raise oserror(errno.EINVAL, f"bad VLAN range {part!r}")
+        for vid in range(a, b + 1):
+            if vid in (0, 1) or vid >= 4095:
+                raise oserror(errno.EINVAL, f"VLAN id {vid} cannot be used (0, 1, 4095 are reserved)")
+            out.add(vid)
+    return out
+
+
+def format_vlan_list(vids: set[int]) -> str:
+    out, ordered = [], sorted(vids)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+class Stack:
+    """An evlnet network stack."""
+
+    def __init__(self, name: str = "evlnet", **settings: Any) -> None:
+        self.name = name
+        self.settings = StackSettings(**settings)
+        self.counters = StackCounters()
+        self.interfaces: dict[str, Interface] = {}
+        self.ports: dict[str, Port] = {}
+        self.routes: list[StaticRoute] = []
+        self.vlans: frozenset[int] = frozenset()
+        self.frontcache = FrontCache()
+        self.protocols = ProtocolRegistry(self)
+        self.ethernet = EthernetLayer(self)
+        self.ipv4 = Ipv4Layer(self)
+        self.arp = ArpLayer(self)
+        self.udp = self.protocols.register(UdpProtocol())
+        self.packet = self.protocols.register(PacketProtocol())
+        self.icmp = self.protocols.register(IcmpProtocol())
+        self.ethernet_input = self.ethernet.input
+        self.reasm_pool = BufferPool(self.settings.reasm_poolsz, 65536 + 64, f"{name} reassembly")
+        #: datagrams demoted while their next hop is being resolved (Linux: the neighbour's
+        #: arp_queue), next hop -> [(deadline, sock, payload, dst, dport)]
+        self._unresolved: dict[int, list] = {}
+        self.frontcache.neighbours.on_learn.append(self._neighbour_learnt)
+        self.inband = InbandWorker(name, periodic=self._inband_tick)
+        self.kernel = None                 # the Linux bridge, made when a Linux port is enabled
+        self._sockets: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._lock = threading.RLock()     # in-band configuration changes
+        self._closed = False
+
+    # -- interfaces ---------------------------------------------------------------------------
+    def add_interface(self, device: Device, *addresses: str) -> Interface:
+        """Make a virtual device (``VirtualLink`` end, ``VirtualVlan``) known to this stack."""
+        with self._lock:
+            if device.name in self.interfaces:
+                raise oserror(errno.EEXIST, f"interface {device.name} already exists")
+            iface = Interface(device.name, device, "virtual")
+            self.interfaces[device.name] = iface
+        for a in addresses:
+            self.add_address(device.name, a)
+        return iface
+
+    def add_address(self, ifname: str, cidr: str) -> None:
+        """``ip addr add <cidr> dev <ifname>`` for a virtual interface."""
+        iface = self.interfaces.get(ifname)
+        if iface is None:
+            raise oserror(errno.ENODEV, f"no interface {ifname!r}")
+        ip, prefix = parse_cidr(cidr)
+        iface.addresses.append(Address(ip, prefix))
+        port = self.ports.get(ifname)
+        if port is not None:
+            port.refresh_addresses()
+
+    def add_route(self, destination: str, via: str | None = None, dev: str | None = None) -> None:
+        """``ip route add <destination> [via <gw>] [dev <if>]`` in the stack's own table."""
+        net, prefix = parse_cidr(destination)
+        mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF if prefix else 0
+        gw = parse_cidr(via)[0] if via else 0
+        if dev is not None and dev not in self.interfaces:
+            raise oserror(errno.ENODEV, f"no interface {dev!r}")
+        self.routes.append(StaticRoute(net & mask, prefix, gw, dev))
+        self.routes.sort(key=lambda r: -r.prefixlen)
+
+    def find_interface(self, ifname: str) -> Interface | None:
+        """A known interface: virtual ones, then Linux ones (opened through the kernel bridge)."""
+        iface = self.interfaces.get(ifname)
+        if iface is not None:
+            return iface
+        from ..linux import linux_interface_exists
+        if not linux_interface_exists(ifname):
+            return None
+        return self._kernel_bridge().open_interface(ifname)
+
+    def _kernel_bridge(self):
+        if self.kernel is None:
+            from ..linux import KernelBridge
+            self.kernel = KernelBridge(self)
+        return self.kernel
+
+    def is_local_address(self, ip: int) -> bool:
+        return any(a.address == ip for i in self.interfaces.values() for a in i.addresses)
+
+    # -- ports --------------------------------------------------------------------------------
+    def enable_port(self, ifname: str, poolsz: int = 0, bufsz: int = 0) -> Port:
+        """Enable the oob port of *ifname* (EVL ``evl_net_enable_port``); returns its handle.
+
+        *poolsz* buffers of *bufsz* bytes are preallocated for TX (0: 2048 buffers; one page,
+        raised to hold the MTU plus headers, rounded up to whole pages). EINVAL for an unknown
+        interface, poolsz > 32768 or bufsz > 4 pages. Enabling an enabled port returns it.
+        """
+        if not isinstance(ifname, str) or not ifname:
+            raise oserror(errno.EINVAL, f"bad interface name {ifname!r}")
+        if poolsz < 0 or poolsz > EVL_MAX_POOLSZ:
+            raise oserror(errno.EINVAL, f"pool size {poolsz} out of range 0-{EVL_MAX_POOLSZ}")
+        if bufsz < 0 or bufsz > EVL_MAX_BUFSZ:
+            raise oserror(errno.EINVAL, f"buffer size {bufsz} out of range 0-{EVL_MAX_BUFSZ}")
+        with self._lock:
+            self._check_open()
+            port = self.ports.get(ifname)
+            if port is not None and port.enabled:
+                return port
+            iface = self.find_interface(ifname)
+            if iface is None:
+                raise oserror(errno.EINVAL, f"{ifname!r} is not a network interface")
+            if not iface.device.is_up():
+                raise oserror(errno.ENETDOWN, f"{ifname} is down")
+            poolsz = poolsz or EVL_DEFAULT_POOLSZ
+            need = iface.device.mtu + 14 + 4
+            size = max(bufsz or PAGE_SIZE, need)
+            size = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+            if size > EVL_MAX_BUFSZ:
+                raise oserror(errno.EINVAL, f"MTU of {ifname} needs buffers above {EVL_MAX_BUFSZ}")
+            port = Port(self, iface, poolsz, size, self.settings.rx_poolsz)
+            port.reassembler = Reassembler(self, port)
+            self.ports[ifname] = port
+            if self.kernel is not None and iface.kind == "linux":
+                try:
+                    self.kernel.port_enabled(port)
+                except BaseException:
+                    del self.ports[ifname]
+                    port.shutdown()
+                    raise
+            for sock in list(self._sockets):
+                sock._port_up()
+            return port
+
+    def open_port(self, ifname: str) -> Port:
+        """The enabled port of *ifname* (EINVAL if unknown or not enabled)."""
+        port = self.ports.get(ifname)
+        if port is None or not port.enabled:
+            raise oserror(errno.EINVAL, f"{ifname!r} has no enabled oob port")
+        return port
+
+    def _port_of(self, port: Any) -> Port:
+        if isinstance(port, Port) and self.ports.get(port.name) is port:
+            return port
+        if isinstance(port, int):
+            for p in self.ports.values():
+                if p.fileno() == port and port >= 0:
+                    return p
+        raise oserror(errno.EBADF, f"{port!r} is not an enabled port of this stack")
+
+    def disable_port(self, port: Port | int) -> None:
+        """Disable a port: in-flight TX buffers leave first, then oob traffic stops (senders get
+        ENETDOWN, blocked receivers wake with it). A second call is a no-op."""
+        if isinstance(port, Port) and port.stack is self and not port.enabled \
+                and self.ports.get(port.name) is not port:
+            return                         # already disabled
+        with self._lock:
+            port = self._port_of(port)
+            del self.ports[port.name]
+            self.frontcache.purge_port(port)
+            port.shutdown()
+            port.reassembler.clear()
+            self._wake_receivers(port, errno.ENETDOWN)
+            for sock in list(self._sockets):
+                q = sock._receive_queue_or_none()
+                if q is not None:
+                    q.purge(port)
+            if self.kernel is not None and port.iface.kind == "linux":
+                self.kernel.port_disabled(port)
+
+    def get_stats(self, port: Port | int) -> DevStat:
+        """The port's statistics (EVL ``evl_net_query_dev``); EBADF if not a port."""
+        return self._port_of(port).stats()
+
+    def _interface_vanished(self, port: Port) -> None:
+        if self.ports.get(port.name) is port:
+            self.disable_port(port)
+        if port.iface.kind == "linux":
+            self.interfaces.pop(port.name, None)
+
+    def _wake_receivers(self, port: Port, err: int) -> None:
+        """Wake sockets whose traffic depends on *port* with *err* (ENETDOWN)."""
+        others = [p for p in self.ports.values() if p is not port and p.enabled and p.link_up]
+        for sock in list(self._sockets):
+            local = getattr(sock, "local", None)
+            if local is not None:
+                addr = local[0]
+                if addr and addr not in port.iface_unicast:
+                    continue
+                if not addr and others:
+                    continue
+            sock._port_down(port, err)
+
+    # -- sockets ------------------------------------------------------------------------------
+    def socket(self, family: int, type: int, proto: int = 0):
+        """``socket(family, type, proto)``: an oob socket when *type* has SOCK_OOB, else a plain
+        kernel socket. EAFNOSUPPORT / ESOCKTNOSUPPORT / EPROTONOSUPPORT as EVL."""
+        self._check_open()
+        if not type & SOCK_OOB:
+            return _pysocket.socket(family, type, proto)
+        base = type & ~_SOCK_FLAGS
+        protocol = self.protocols.find_socket_protocol(family, base, proto)
+        sock = protocol.create_socket(family, base, proto, type & _SOCK_FLAGS)
+        if type & getattr(_pysocket, "SOCK_NONBLOCK", 0o4000):
+            sock.setblocking(False)
+        return sock
+
+    def register_protocol(self, proto: Protocol) -> Protocol:
+        """Add a custom protocol (by EtherType or IPv4 protocol number) with its sockets."""
+        return self.protocols.register(proto)
+
+    def _register_socket(self, sock) -> None:
+        self._sockets.add(sock)
+
+    def _unregister_socket(self, sock) -> None:
+        self._sockets.discard(sock)
+        if self.kernel is not None:
+            self.kernel.socket_closed(sock)
+
+    def kernel_bind(self, sock, addr: int, port: int) -> None:
+        if self.kernel is not None:
+            self.kernel.bind(sock, addr, port)
+
+    def kernel_connect(self, sock, addr: int, port: int) -> None:
+        if self.kernel is not None:
+            self.kernel.connect(sock, addr, port)
+
+    # -- routing and solicitation (in-band) ---------------------------------------------------
+    def _port_for_interface(self, ifname: str) -> Port:
+        port = self.ports.get(ifname)
+        if port is None or not port.enabled:
+            raise oserror(errno.ENODEV, f"{ifname} has no enabled oob port")
+        return port
+
+    def resolve_route(self, dst: int, bound_device: str | None, mayroute: bool) -> Route:
+        """In-band route lookup, learnt into the front cache (EVL: ip_route_output + learn)."""
+        cached = self.frontcache.routes.peek(dst)
+        if cached is not None and cached.port.enabled and (mayroute or not cached.gateway):
+            return cached
+        if dst == 0xFFFFFFFF:                     # limited broadcast: the bound or first port
+            if bound_device:
+                port = self._port_for_interface(bound_device)
+            else:
+                candidates = [p for p in self.ports.values() if p.enabled and p.iface.addresses]
+                if not candidates:
+                    raise oserror(errno.ENODEV, "no oob port with an address for broadcast")
+                port = candidates[0]
+            route = Route(dst, port, 0, port.iface.primary_address)
+            self.frontcache.routes.learn(route)
+            return route
+        route = self._route_virtual(dst, bound_device, mayroute)
+        if route is None:
+            if self.kernel is None:
+                raise oserror(errno.ENETUNREACH, f"no route to {_fmt(dst)}")
+            route = self.kernel.resolve_route(dst, bound_device, mayroute)
+        self.frontcache.routes.learn(route)
+        return route
+
+    def _route_virtual(self, dst: int, bound_device: str | None, mayroute: bool) -> Route | None:
+        # connected routes first (longest prefix), then static routes
+        best: tuple[int, Interface, Address] | None = None
+        for iface in self.interfaces.values():
+            if bound_device and iface.name != bound_device:
+                continue
+            for a in iface.addresses:
+                if a.contains(dst) and (best is None or a.prefixlen > best[0]):
+                    best = (a.prefixlen, iface, a)
+        if best is not None:
+            _, iface, a = best
+            port = self._port_for_interface(iface.name)
+            return Route(dst, port, 0, a.address)
+        for r in self.routes:
+            if not r.contains(dst):
+                continue
+            if r.gateway and not mayroute:
+                raise oserror(errno.ENETUNREACH,
+                              f"{_fmt(dst)} is reached through a gateway (EVL_NEIGH_MAYROUTE)")
+            if r.gateway:
+                via = self._route_virtual(r.gateway, r.ifname or bound_device, False)
+                if via is None:
+                    raise oserror(errno.ENETUNREACH, f"gateway {_fmt(r.gateway)} unreachable")
+                return Route(dst, via.port, r.gateway, via.source)
+            if r.ifname:
+                port = self._port_for_interface(r.ifname)
+                return Route(dst, port, 0, port.iface.source_for(dst))
+        return None
+
+    def resolve_neighbour(self, route: Route, deadline_ns: int, permanent: bool) -> Neighbour:
+        """In-band: the next hop's MAC, resolving it (ARP) if needed, into the front cache."""
+        cache = self.frontcache.neighbours
+        hop = route.next_hop
+        port = route.port
+        if hop == 0xFFFFFFFF or any(hop == a.broadcast and a.prefixlen < 31
+                                    for a in port.iface.addresses):
+            neigh = Neighbour(hop, BROADCAST_MAC, port, True)
+            cache.learn(neigh)
+            return neigh
+        if (hop >> 28) == 14:   # multicast: MAC derived from the group
+            mac = bytes((0x01, 0x00, 0x5E, (hop >> 16) & 0x7F, (hop >> 8) & 0xFF, hop & 0xFF))
+            neigh = Neighbour(hop, mac, port, True)
+            cache.learn(neigh)
+            return neigh
+        neigh = cache.peek(hop)
+        if neigh is None or neigh.port is not port:
+            if port.iface.kind == "linux":
+                neigh = self.kernel.solicit_neighbour(route, deadline_ns, permanent)
+            else:
+                self.arp.request(port, hop)
+                next_retry = _now() + 1_000_000_000
+                while True:
+                    neigh = cache.wait_for(hop, min(deadline_ns, next_retry))
+                    if neigh is not None or _now() >= deadline_ns:
+                        break
+                    self.arp.request(port, hop)         # ARP retries once a second
+                    next_retry = _now() + 1_000_000_000
+                if neigh is None:
+                    raise oserror(errno.ETIMEDOUT, f"{_fmt(hop)} did not answer ARP")
+        if permanent and not neigh.permanent:
+            if port.iface.kind == "linux":
+                self.kernel.make_permanent(neigh)
+            neigh = Neighbour(neigh.address, neigh.mac, neigh.port, True)
+            cache.learn(neigh)
+        return neigh
+
+    def solicit(self, sock: Any, peer: Any, flags: int = 0) -> None:
+        """Pre-resolve the route and MAC of *peer* into the front cache (EVL
+        ``evl_net_solicit``). In-band; waits up to the solicit timeout (ETIMEDOUT).
+
+        *peer* is an ``(address, port)`` tuple or an address string ("broadcast" is accepted).
+        """
+        from ..sockets.base import OobSocket
+        if not isinstance(sock, OobSocket) or sock.closed or sock.stack is not self:
+            raise oserror(errno.EBADF, "not an oob socket of this stack")
+        if sock.family != AF_INET:
+            raise oserror(errno.EAFNOSUPPORT, "solicitation is for IPv4 sockets")
+        if not isinstance(flags, int) or flags & ~EVL_NEIGH_FLAGS:
+            raise oserror(errno.EINVAL, f"unknown solicit flags {flags!r}")
+        dst = _peer_address(peer)
+        deadline = _now() + int(self.settings.solicit_timeout * 1e9)
+        route = self.resolve_route(dst, sock.bound_device, bool(flags & EVL_NEIGH_MAYROUTE))
+        self.resolve_neighbour(route, deadline, bool(flags & EVL_NEIGH_PERMANENT))
+
+    def demote_udp(self, sock, views: list, total: int, dst: int, dport: int,
+                   nonblock: bool) -> int:
+        """A front-cache miss: hand a copy of the datagram to the in-band worker, which resolves
+        the peer and sends it (EVL's offload path). Returns 0, or EINPROGRESS under DONTWAIT."""
+        payload = b"".join(bytes(v) for v in views)
+        self.counters.tx_demoted += 1
+        self.inband.post(self._send_demoted, sock, payload, dst, dport)
+        if nonblock:
+            raise oserror(errno.EINPROGRESS, f"{_fmt(dst)} is not in the front cache "
+                                             "(solicit it first); sent in-band")
+        return 0
+
+    def _send_demoted(self, sock, payload: bytes, dst: int, dport: int) -> None:
+        """In-band: send a demoted datagram, parking it if its next hop is not resolved yet.
+
+        Never blocks the in-band worker (ARP replies are processed on the same thread)."""
+        try:
+            if self.kernel is not None and self.kernel.owns_socket(sock):
+                self.kernel.demoted_send(sock, payload, dst, dport)
+                return
+            route = self.resolve_route(dst, sock.bound_device, True)
+            hop = route.next_hop
+            neigh = self.frontcache.neighbours.peek(hop)
+            if neigh is None and (hop == 0xFFFFFFFF or (hop >> 28) == 14 or any(
+                    hop == a.broadcast for a in route.port.iface.addresses if a.prefixlen < 31)):
+                neigh = self.resolve_neighbour(route, _now(), False)
+            if neigh is not None:
+                sock.send_resolved(route, neigh.mac, [payload], len(payload), dst, dport,
+                                   False, _now() + int(self.settings.solicit_timeout * 1e9), 0)
+                return
+            waiting = self._unresolved.setdefault(hop, [])
+            if len(waiting) >= UNRESOLVED_QLEN:
+                waiting.pop(0)
+                self.counters.tx_demote_failed += 1
+            deadline = _now() + int(self.settings.solicit_timeout * 1e9)
+            waiting.append((deadline, sock, payload, dst, dport))
+            if len(waiting) == 1:
+                self.arp.request(route.port, hop)
+        except OSError as exc:
+            self.counters.tx_demote_failed += 1
+            log.info("demoted datagram to %s dropped: %s", _fmt(dst), exc)
+
+    def _neighbour_learnt(self, neigh: Neighbour) -> None:
+        if neigh.address in self._unresolved:
+            self.inband.post(self._flush_unresolved, neigh.address)
+
+    def _flush_unresolved(self, hop: int) -> None:
+        for _deadline, sock, payload, dst, dport in self._unresolved.pop(hop, []):
+            if sock.closed:
+                self.counters.tx_demote_failed += 1
+                continue
+            self._send_demoted(sock, payload, dst, dport)
+
+    def _inband_tick(self) -> None:
+        """In-band, a few times a second: retry ARP, drop demoted datagrams that expired."""
+        now = _now()
+        for hop, waiting in list(self._unresolved.items()):
+            alive = [w for w in waiting if w[0] > now]
+            self.counters.tx_demote_failed += len(waiting) - len(alive)
+            if not alive:
+                self._unresolved.pop(hop, None)
+                continue
+            self._unresolved[hop] = alive
+            route = self.frontcache.routes.peek(alive[0][3])
+            if route is not None and route.port.enabled:
+                try:
+                    self.arp.request(route.port, hop)
+                except OSError:
+                    pass
+
+    # -- settings -----------------------------------------------------------------------------
+    def flush_routes(self) -> None:
+        """Empty the route front cache (EVL ``ipv4_flush_routes``)."""
+        self.frontcache.flush_routes()
+
+    def flush_neighbours(self) -> None:
+        """Empty the neighbour front cache (EVL ``ipv4_flush_arp``)."""
+        self.frontcache.flush_neighbours()
+
+    def set_solicit_timeout(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise oserror(errno.EINVAL, "solicit timeout must be > 0")
+        self.settings.solicit_timeout = float(seconds)
+
+    def set_vlans(self, spec: str) -> None:
+        """Set the oob VLAN id set (EVL ``/sys/class/evl/net/vlans``), e.g. ``"42-45,100"``."""
+        self.vlans = frozenset(parse_vlan_list(spec))
+        if self.kernel is not None:
+            self.kernel.vlans_changed()
+
+    def get_vlans(self) -> str:
+        return format_vlan_list(set(self.vlans))
+
+    # -- data path hooks ----------------------------------------------------------------------
+    def housekeeping(self, port: Port, now: int) -> None:
+        """RX thread, a few times a second: expire reassembly state."""
+        reasm = getattr(port, "reassembler", None)
+        if reasm is not None and reasm.pending:
+            reasm.expire(now)
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise oserror(errno.ESHUTDOWN, f"stack {self.name} is closed")
+
+    def close(self) -> None:
+        """Close every socket, disable every port, stop the in-band worker."""
+        if self._closed:
+            return
+        for sock in list(self._sockets):
+            sock.close()
+        for port in list(self.ports.values()):
+            self.disable_port(port)
+        if self.kernel is not None:
+            self.kernel.close()
+        self.inband.stop()
+        self._closed = True
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _fmt(ip: int) -> str:
+    return _pysocket.inet_ntoa(ip.to_bytes(4, "big"))
+
+
+def _peer_address(peer: Any) -> int:
+    if isinstance(peer, tuple):
+        peer = peer[0] if peer else None
+    if peer in ("broadcast", "<broadcast>"):
+        return 0xFFFFFFFF
+    if not isinstance(peer, str):
+        raise oserror(errno.EINVAL, f"bad peer {peer!r}")
+    try:
+        ip = int.from_bytes(_pysocket.inet_aton(peer), "big")
+    except OSError:
+        raise oserror(errno.EINVAL, f"bad IPv4 peer {peer!r}") from None
+    if ip == 0:
+        raise oserror(errno.EINVAL, "peer 0.0.0.0")
+    return ip

@@ -1,0 +1,97 @@
+"""The protocol registry: every protocol the stack demultiplexes to, built-in or custom.
+
+Built-in UDP and packet sockets register here exactly as a user's protocol does, so the registry
+is the one place where the stack's couplings are declared (gVisor netstack's registration idea).
+A protocol hooks in by EtherType (L2, after Ethernet/VLAN) or by IPv4 protocol number (L3), and
+owns the socket (family, type, proto) triples it creates sockets for.
+"""
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any
+
+from ..errors import oserror
+
+if TYPE_CHECKING:
+    from ..core.buffers import PacketBuffer
+    from ..core.port import Port
+    from ..core.stack import Stack
+
+
+class Protocol:
+    """Base class for a protocol the stack can carry.
+
+    Subclasses set ``name``, ``family``, ``sock_type`` and one of ``ethertype`` / ``ip_protocol``,
+    and implement ``input`` (RX thread: consume *buf* — queue it on a socket or ``release()`` it)
+    and ``create_socket``.
+    """
+
+    name: str = "?"
+    family: int = -1
+    sock_type: int = -1
+    ethertype: int | None = None
+    ip_protocol: int | None = None
+
+    def __init__(self) -> None:
+        self.stack: "Stack | None" = None
+
+    def bind_stack(self, stack: "Stack") -> None:
+        self.stack = stack
+
+    def accepts_proto(self, proto: int) -> bool:
+        """Whether ``socket(family, type, proto)`` with this *proto* is ours."""
+        return True
+
+    def input(self, port: "Port", buf: "PacketBuffer", offset: int) -> None:
+        """Handle one received packet whose protocol header starts at ``buf.data[offset]``."""
+        buf.release()
+
+    def create_socket(self, family: int, sock_type: int, proto: int, flags: int) -> Any:
+        raise oserror(errno.EPROTONOSUPPORT, f"{self.name} has no sockets")
+
+
+class ProtocolRegistry:
+    """Dispatch tables of one stack."""
+
+    def __init__(self, stack: "Stack") -> None:
+        self.stack = stack
+        self.by_ethertype: dict[int, Protocol] = {}
+        self.by_ip_protocol: dict[int, Protocol] = {}
+        self.socket_protocols: list[Protocol] = []
+
+    def register(self, proto: Protocol) -> Protocol:
+        """Add *proto* to the stack; raises EEXIST if its EtherType/IP protocol is taken."""
+        if proto.ethertype is not None and proto.ethertype in self.by_ethertype:
+            raise oserror(errno.EEXIST, f"EtherType {proto.ethertype:#06x} already registered")
+        if proto.ip_protocol is not None and proto.ip_protocol in self.by_ip_protocol:
+            raise oserror(errno.EEXIST, f"IP protocol {proto.ip_protocol} already registered")
+        proto.bind_stack(self.stack)
+        if proto.ethertype is not None:
+            self.by_ethertype[proto.ethertype] = proto
+        if proto.ip_protocol is not None:
+            self.by_ip_protocol[proto.ip_protocol] = proto
+        if proto.family >= 0:
+            self.socket_protocols.append(proto)
+        return proto
+
+    def unregister(self, proto: Protocol) -> None:
+        if self.by_ethertype.get(proto.ethertype) is proto:
+            del self.by_ethertype[proto.ethertype]
+        if self.by_ip_protocol.get(proto.ip_protocol) is proto:
+            del self.by_ip_protocol[proto.ip_protocol]
+        if proto in self.socket_protocols:
+            self.socket_protocols.remove(proto)
+
+    def find_socket_protocol(self, family: int, sock_type: int, proto: int) -> Protocol:
+        """EVL's ``sock_oob_attach`` lookup: EAFNOSUPPORT / ESOCKTNOSUPPORT / EPROTONOSUPPORT."""
+        of_family = [p for p in self.socket_protocols if p.family == family]
+        if not of_family:
+            raise oserror(errno.EAFNOSUPPORT, f"no oob protocol for address family {family}")
+        of_type = [p for p in of_family if p.sock_type == sock_type]
+        if not of_type:
+            raise oserror(errno.ESOCKTNOSUPPORT,
+                          f"socket type {sock_type} not supported by oob family {family}")
+        for p in of_type:
+            if p.accepts_proto(proto):
+                return p
+        raise oserror(errno.EPROTONOSUPPORT, f"oob protocol {proto} not supported")

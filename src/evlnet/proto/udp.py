@@ -1,0 +1,102 @@
+"""UDP over IPv4: receive slots keyed by (address, port), checksum on both directions."""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ..constants import AF_INET, IPPROTO_UDP, SOCK_DGRAM
+from ..core.buffers import PacketBuffer
+from ..wire.checksum import checksum_add
+from .registry import Protocol
+
+if TYPE_CHECKING:
+    from ..core.port import Port
+    from ..sockets.base import ReceiveQueue
+
+UDP_HDR = struct.Struct("!HHHH")
+EPHEMERAL_FIRST, EPHEMERAL_LAST = 32768, 60999
+
+
+def slot_key(addr: int, port: int) -> int:
+    """One int per (address, port): cheaper to hash than a tuple on every received datagram."""
+    return (port << 32) | addr
+
+
+class UdpSlot:
+    """A receive slot; several SO_REUSEPORT sockets share one slot and its queue (as EVL)."""
+
+    __slots__ = ("queue", "owners", "reuseport")
+
+    def __init__(self, queue: "ReceiveQueue", owner, reuseport: bool) -> None:
+        self.queue = queue
+        self.owners = [owner]
+        self.reuseport = reuseport
+
+
+class UdpProtocol(Protocol):
+    name = "udp"
+    family = AF_INET
+    sock_type = SOCK_DGRAM
+    ip_protocol = IPPROTO_UDP
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slots: dict[int, UdpSlot] = {}
+        self._next_ephemeral = EPHEMERAL_FIRST
+
+    def accepts_proto(self, proto: int) -> bool:
+        return proto in (0, IPPROTO_UDP)
+
+    def create_socket(self, family, sock_type, proto, flags):
+        from ..sockets.udp import UdpSocket
+        return UdpSocket(self.stack, family, sock_type, proto or IPPROTO_UDP)
+
+    def pick_ephemeral(self, addr: int) -> int:
+        for _ in range(EPHEMERAL_LAST - EPHEMERAL_FIRST + 1):
+            p = self._next_ephemeral
+            self._next_ephemeral = p + 1 if p < EPHEMERAL_LAST else EPHEMERAL_FIRST
+            if slot_key(addr, p) not in self.slots and slot_key(0, p) not in self.slots:
+                return p
+        return 0
+
+    # -- RX (RX thread) -----------------------------------------------------------------------
+    def input(self, port: "Port", buf: PacketBuffer, off: int) -> None:
+        data = buf.data
+        counters = port.counters
+        if buf.end - off < 8:
+            counters.rx_ip_errors += 1
+            buf.release()
+            return
+        sport, dport, ulen, csum = UDP_HDR.unpack_from(data, off)
+        if ulen < 8 or off + ulen > buf.end:
+            counters.rx_ip_errors += 1
+            buf.release()
+            return
+        end = off + ulen
+        src = buf.src_addr
+        dst = buf.dst_addr
+        if csum:
+            # pseudo header: addresses, protocol, UDP length; a correct segment sums to 0xFFFF
+            total = ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+                     + IPPROTO_UDP + ulen)
+            if checksum_add(buf.view[off:end], total) not in (0xFFFF, 0):
+                counters.csum_errors += 1
+                buf.release()
+                return
+            # checksum_add folds a 0xFFFF total to 0 only when the data sum is a multiple of
+            # 0xFFFF; both are one's complement zero, accepted as valid above.
+        slots = self.slots
+        slot = slots.get((dport << 32) | dst)
+        if slot is None:
+            slot = slots.get(dport << 32)
+            if slot is None:
+                counters.rx_no_receiver += 1
+                buf.release()
+                return
+        buf.start = off + 8
+        buf.end = end
+        buf.src_port = sport
+        buf.dst_port = dport
+        if not slot.queue.push(buf):
+            counters.rx_sock_full += 1
+            buf.release()

@@ -1,0 +1,262 @@
+"""``socket(AF_INET, SOCK_DGRAM | SOCK_OOB)``: oob UDP sockets."""
+from __future__ import annotations
+
+import errno
+import socket as _pysocket
+import struct
+from typing import Any
+
+from ..constants import IPPROTO_UDP, UDP_MAX_PAYLOAD
+from ..core.buffers import PacketBuffer
+from ..errors import oserror
+from ..proto.ipv4 import IP_DF, IPV4_MIN_MTU, IP_HDR, ETH_HDR, IP_CSUM, segment_checksum_sum
+from ..proto.udp import UDP_HDR, UdpSlot, slot_key
+from ..wire.checksum import checksum_add, internet_checksum
+from .base import OobSocket, ReceiveQueue
+
+IP_TTL = _pysocket.IP_TTL
+IP_TOS = _pysocket.IP_TOS
+IPPROTO_IP = _pysocket.IPPROTO_IP
+IP_MTU_DISCOVER = getattr(_pysocket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DO = 2
+_ETH_IP_UDP = struct.Struct("!6s6sHBBHHHBBHIIHHHH")   # 42 bytes: the whole header stack
+_ip_cache: dict[str, int] = {}
+
+
+def parse_inet_address(address: Any, what: str = "address") -> tuple[int, int]:
+    """``(host, port)`` -> (IPv4 int, port). EINVAL for anything that is not an IPv4 address."""
+    try:
+        host, port = address
+    except (TypeError, ValueError):
+        raise oserror(errno.EINVAL, f"{what} must be a (host, port) tuple") from None
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise oserror(errno.EINVAL, f"bad port {port!r}")
+    ip = _ip_cache.get(host)
+    if ip is None:
+        if host in ("", "0.0.0.0"):
+            ip = 0
+        elif host == "<broadcast>" or host == "broadcast":
+            ip = 0xFFFFFFFF
+        else:
+            try:
+                ip = int.from_bytes(_pysocket.inet_aton(host), "big")
+            except (OSError, TypeError):
+                raise oserror(errno.EINVAL, f"bad IPv4 address {host!r}") from None
+        if len(_ip_cache) < 4096:
+            _ip_cache[host] = ip
+    return ip, port
+
+
+def format_ip(ip: int) -> str:
+    return _pysocket.inet_ntoa(ip.to_bytes(4, "big"))
+
+
+class UdpSocket(OobSocket):
+    """An oob UDP socket. Bind/connect as with Python sockets; I/O with ``oob_sendmsg`` and
+    ``oob_recvmsg`` (plus the conveniences ``oob_sendto``/``oob_recvfrom``)."""
+
+    def __init__(self, stack, family, sock_type, proto, kernel_sock=None) -> None:
+        super().__init__(stack, family, sock_type, proto, kernel_sock)
+        self.local: tuple[int, int] | None = None       # bound (addr, port)
+        self.remote: tuple[int, int] | None = None      # connected (addr, port)
+        self._queue = ReceiveQueue(self.rcvbuf)
+        self._slot: UdpSlot | None = None
+        self.ttl = 64
+        self.tos = 0
+        self.dont_fragment = False
+
+    # -- addressing ---------------------------------------------------------------------------
+    def bind(self, address) -> None:
+        """Bind to ``(host, port)``; host "" is INADDR_ANY, port 0 picks an ephemeral port."""
+        self._check_open()
+        addr, port = parse_inet_address(address)
+        with self._lock:
+            if self.local is not None:
+                raise oserror(errno.EINVAL, "socket is already bound")
+            self._bind_locked(addr, port)
+
+    def _bind_locked(self, addr: int, port: int) -> None:
+        stack = self.stack
+        udp = stack.udp
+        if addr and addr != 0xFFFFFFFF and not stack.is_local_address(addr):
+            raise oserror(errno.EADDRNOTAVAIL, f"{format_ip(addr)} is not a local address")
+        if port == 0:
+            port = udp.pick_ephemeral(addr)
+            if port == 0:
+                raise oserror(errno.EADDRINUSE, "no ephemeral port left")
+        key = slot_key(addr, port)
+        slot = udp.slots.get(key)
+        if slot is not None:
+            if not (self.reuseport and slot.reuseport):
+                raise oserror(errno.EADDRINUSE, f"{format_ip(addr)}:{port} is in use")
+            slot.owners.append(self)
+            self._queue = slot.queue
+        else:
+            if self._kernel is not None:
+                stack.kernel_bind(self, addr, port)
+            slot = UdpSlot(self._queue, self, self.reuseport)
+            udp.slots[key] = slot
+        self._slot = slot
+        self.local = (addr, port)
+
+    def connect(self, address) -> None:
+        """Set the default destination (EDESTADDRREQ is raised on sends without one)."""
+        self._check_open()
+        addr, port = parse_inet_address(address)
+        if addr == 0 or port == 0:
+            raise oserror(errno.EINVAL, "cannot connect to a zero address or port")
+        with self._lock:
+            if self.local is None:
+                self._bind_locked(0, 0)
+        self.remote = (addr, port)
+        if self._kernel is not None:
+            self.stack.kernel_connect(self, addr, port)
+
+    def getsockname(self) -> tuple[str, int]:
+        if self.local is None:
+            return ("0.0.0.0", 0)
+        return (format_ip(self.local[0]), self.local[1])
+
+    def getpeername(self) -> tuple[str, int]:
+        if self.remote is None:
+            raise oserror(errno.ENOTCONN, "socket is not connected")
+        return (format_ip(self.remote[0]), self.remote[1])
+
+    def _unbind(self) -> None:
+        slot = self._slot
+        if slot is None:
+            return
+        slot.owners.remove(self)
+        if not slot.owners:
+            key = slot_key(*self.local)
+            if self.stack.udp.slots.get(key) is slot:
+                del self.stack.udp.slots[key]
+            slot.queue.purge()
+        self._slot = None
+        self._queue.fail(errno.EBADF)
+
+    def _receive_queue(self) -> ReceiveQueue:
+        return self._queue
+
+    def _address_of(self, buf: PacketBuffer) -> tuple[str, int]:
+        return (format_ip(buf.src_addr), buf.src_port)
+
+    # -- conveniences ---------------------------------------------------------------------------
+    def oob_sendto(self, data, address, flags: int = 0, **kw) -> int:
+        return self.oob_sendmsg([data], (), flags, address, **kw)
+
+    def oob_send(self, data, flags: int = 0, **kw) -> int:
+        return self.oob_sendmsg([data], (), flags, None, **kw)
+
+    def oob_recvfrom(self, bufsize: int, flags: int = 0, **kw):
+        data, _, _, addr = self.oob_recvmsg(bufsize, 0, flags, **kw)
+        return data, addr
+
+    # -- options --------------------------------------------------------------------------------
+    def _set_protocol_option(self, level, optname, value) -> bool:
+        from .base import _int_value
+        if level == IPPROTO_IP and optname == IP_TTL:
+            v = _int_value(value)
+            if not 1 <= v <= 255 and v != -1:
+                raise oserror(errno.EINVAL, f"bad TTL {v}")
+            self.ttl = 64 if v == -1 else v
+            return True
+        if level == IPPROTO_IP and optname == IP_TOS:
+            self.tos = _int_value(value) & 0xFF
+            return True
+        if level == IPPROTO_IP and optname == IP_MTU_DISCOVER:
+            self.dont_fragment = _int_value(value) == IP_PMTUDISC_DO
+            return True
+        return False
+
+    def _get_protocol_option(self, level, optname):
+        if level == IPPROTO_IP and optname == IP_TTL:
+            return self.ttl
+        if level == IPPROTO_IP and optname == IP_TOS:
+            return self.tos
+        return None
+
+    # -- send -----------------------------------------------------------------------------------
+    def _send(self, views: list, total: int, address, nonblock: bool, deadline, delivery_time) -> int:
+        if address is not None:
+            dst, dport = parse_inet_address(address, "destination")
+            if dst == 0 or dport == 0:
+                raise oserror(errno.EINVAL, "zero destination address or port")
+        elif self.remote is not None:
+            dst, dport = self.remote
+        else:
+            raise oserror(errno.EDESTADDRREQ, "no destination address (connect or pass one)")
+        if total > UDP_MAX_PAYLOAD:
+            raise oserror(errno.EMSGSIZE, f"{total} bytes exceed the UDP maximum of {UDP_MAX_PAYLOAD}")
+        if self.local is None:
+            with self._lock:
+                if self.local is None:
+                    self._bind_locked(0, 0)
+        stack = self.stack
+        route = stack.frontcache.routes.lookup(dst)
+        neigh = None
+        if route is not None:
+            neigh = stack.frontcache.neighbours.lookup(route.gateway or dst)
+        if neigh is None:
+            # Front-cache miss: demote to the in-band stage (EVL's offload path).
+            return stack.demote_udp(self, views, total, dst, dport, nonblock)
+        return self.send_resolved(route, neigh.mac, views, total, dst, dport, nonblock, deadline,
+                                  delivery_time)
+
+    def send_resolved(self, route, dst_mac: bytes, views: list, total: int, dst: int, dport: int,
+                      nonblock: bool, deadline, delivery_time: int) -> int:
+        """Build and queue the datagram once route and neighbour are known (oob fast path)."""
+        port = route.port
+        port.check_sendable()
+        src = self.local[0] or route.source
+        if src == 0xFFFFFFFF:
+            src = route.source
+        sport = self.local[1]
+        ulen = total + 8
+        df = IP_DF if (total <= IPV4_MIN_MTU or self.dont_fragment) else 0
+        if ulen + 20 > port.mtu:
+            if self.dont_fragment:
+                raise oserror(errno.EMSGSIZE, "datagram exceeds the MTU and fragmenting is off")
+            return self._send_fragmented(port, dst_mac, src, dst, sport, dport, views, total,
+                                         nonblock, deadline, delivery_time)
+        buf = port.take_tx_buffer(nonblock, deadline)
+        data = buf.data
+        ipv4 = self.stack.ipv4
+        _ETH_IP_UDP.pack_into(data, 0, dst_mac, port.mac, 0x0800,
+                              0x45, self.tos, ulen + 20, ipv4.next_ident(), df, self.ttl,
+                              IPPROTO_UDP, 0, src, dst, sport, dport, ulen, 0)
+        pos = 42
+        for v in views:
+            n = len(v) if isinstance(v, (bytes, bytearray)) else memoryview(v).nbytes
+            data[pos:pos + n] = v
+            pos += n
+        view = buf.view
+        IP_CSUM.pack_into(data, 24, internet_checksum(view[14:34]))
+        pseudo = ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_UDP + ulen)
+        csum = ~checksum_add(view[34:pos], pseudo) & 0xFFFF
+        IP_CSUM.pack_into(data, 40, csum or 0xFFFF)
+        if pos < 60:                      # pad to the Ethernet minimum frame
+            data[pos:60] = bytes(60 - pos)
+            pos = 60
+        buf.start = 0
+        buf.end = pos
+        buf.sock = self
+        buf.tsflags = self.tsflags
+        buf.delivery_time = delivery_time
+        port.transmit(buf)
+        return total
+
+    def _send_fragmented(self, port, dst_mac, src, dst, sport, dport, views, total, nonblock,
+                         deadline, delivery_time) -> int:
+        ulen = total + 8
+        pieces = [memoryview(v).cast("B") for v in views]
+        header = bytearray(UDP_HDR.pack(sport, dport, ulen, 0))
+        pseudo = ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_UDP + ulen)
+        s = segment_checksum_sum([header] + pieces) + pseudo
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        struct.pack_into("!H", header, 6, (~s & 0xFFFF) or 0xFFFF)
+        self.stack.ipv4.output_fragmented(port, dst_mac, src, dst, IPPROTO_UDP, [header] + pieces,
+                                          ulen, self.ttl, self.tos, nonblock, deadline, self,
+                                          self.tsflags, delivery_time)
+        return total
