@@ -1,0 +1,1 @@
+"""Command-line tools: the embedded demo (and later ``evl-net`` and ``latmus``)."""
