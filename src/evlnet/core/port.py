@@ -177,7 +177,11 @@ class Port:
                     buf.port = self
                     counters.rx_packets += 1
                     counters.rx_bytes += buf.end - buf.start
-                    ethernet_input(self, buf)
+                    try:
+                        ethernet_input(self, buf)
+                    except Exception:   # a faulty (custom) protocol must not kill the port
+                        counters.rx_errors += 1   # the buffer is not released: owner unknown
+                        log.exception("%s: protocol input failed", self.name)
                 batch.clear()
             now = _now()
             if now >= next_tick:
@@ -192,7 +196,9 @@ class Port:
             self.stack._wake_receivers(self, errno.ENETDOWN)
             return
         self.link_up = bool(up)
-        if not up:
+        if up:
+            self.stack._port_back_up(self)   # receivers woken with ENETDOWN may wait again
+        else:
             self.stack._wake_receivers(self, errno.ENETDOWN)
 
     # -- teardown -----------------------------------------------------------------------------

@@ -194,7 +194,10 @@ class Stack:
         if iface is not None:
             return iface
         from ..linux import linux_interface_exists
-        if not linux_interface_exists(ifname):
+        # a stack serves one network namespace: the bridge's once there is one
+        exists = (self.kernel.interface_exists(ifname) if self.kernel is not None
+                  else linux_interface_exists(ifname))
+        if not exists:
             return None
         return self._kernel_bridge().open_interface(ifname)
 
@@ -310,6 +313,16 @@ class Stack:
                     continue
             sock._port_down(port, err)
 
+    def _port_back_up(self, port: Port) -> None:
+        """*port*'s link came back: clear the ENETDOWN left on the sockets it had woken."""
+        for sock in list(self._sockets):
+            local = getattr(sock, "local", None)
+            if local is not None and local[0] and local[0] not in port.iface_unicast:
+                continue
+            if getattr(sock, "bound_port", None) not in (None, port):
+                continue
+            sock._port_up()
+
     # -- sockets ------------------------------------------------------------------------------
     def socket(self, family: int, type: int, proto: int = 0):
         """``socket(family, type, proto)``: an oob socket when *type* has SOCK_OOB, else a plain
@@ -378,7 +391,9 @@ class Stack:
     def _route_virtual(self, dst: int, bound_device: str | None, mayroute: bool) -> Route | None:
         # connected routes first (longest prefix), then static routes
         best: tuple[int, Interface, Address] | None = None
-        for iface in self.interfaces.values():
+        for iface in list(self.interfaces.values()):
+            if iface.kind != "virtual":     # Linux interfaces: the kernel's routing decides
+                continue
             if bound_device and iface.name != bound_device:
                 continue
             for a in iface.addresses:
@@ -456,6 +471,8 @@ class Stack:
             raise oserror(errno.EINVAL, f"unknown solicit flags {flags!r}")
         dst = _peer_address(peer)
         deadline = _now() + int(self.settings.solicit_timeout * 1e9)
+        if sock.bound_device:      # EVL: ENODEV when the SO_BINDTODEVICE device is no oob port
+            self._port_for_interface(sock.bound_device)
         route = self.resolve_route(dst, sock.bound_device, bool(flags & EVL_NEIGH_MAYROUTE))
         self.resolve_neighbour(route, deadline, bool(flags & EVL_NEIGH_PERMANENT))
 

@@ -21,7 +21,7 @@ class PortCounters:
         "csum_errors", "rx_nomem", "tx_nomem",
         # evlnet's drop reasons (not in EVL's devstat)
         "rx_otherhost", "rx_malformed", "rx_ip_errors", "rx_no_receiver", "rx_sock_full", "rx_unknown_proto",
-        "rx_reasm_fails", "rx_reasm_ok", "rx_filtered", "rx_inband", "tx_errors",
+        "rx_reasm_fails", "rx_reasm_ok", "rx_filtered", "rx_inband", "rx_errors", "tx_errors",
         "tx_dropped_down", "tx_qdisc_drops", "icmp_echo_replies", "arp_replies",
     )
 

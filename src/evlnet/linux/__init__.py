@@ -1,16 +1,18 @@
 """Linux interfaces as oob ports: the kernel plays EVL's in-band stage (see bridge.py)."""
 from __future__ import annotations
 
-import os
-
 
 def linux_interface_exists(ifname: str) -> bool:
-    """Whether the calling thread's network namespace has an interface called *ifname*."""
-    if not ifname or "/" in ifname or len(ifname) > 15:
+    """Whether the calling thread's network namespace has an interface called *ifname*.
+
+    (``/sys/class/net`` shows the namespace /sys was mounted in, not the thread's, so only
+    ``if_nametoindex`` — a socket ioctl in the thread's namespace — is asked.)
+    """
+    if not isinstance(ifname, str) or not ifname or "/" in ifname or len(ifname) > 15:
         return False
     try:
-        return os.path.exists(f"/sys/class/net/{ifname}") or bool(_if_nametoindex(ifname))
-    except OSError:
+        return bool(_if_nametoindex(ifname))
+    except (OSError, ValueError):
         return False
 
 

@@ -48,10 +48,13 @@ class ArpLayer:
                 return
             ours = tpa in port.iface_unicast
             cache = self.stack.frontcache.neighbours
-            if spa and (ours or cache.peek(spa) is not None or op == ARP_REPLY):
+            known = cache.peek(spa) if spa else None
+            if spa and (ours or known is not None or op == ARP_REPLY):
                 if op == ARP_REPLY and not ours:
                     return
-                cache.learn(Neighbour(spa, bytes(sha), port))
+                # as the kernel's ARP: traffic never changes a NUD_PERMANENT entry
+                if known is None or not known.permanent:
+                    cache.learn(Neighbour(spa, bytes(sha), port))
             if op == ARP_REQUEST and ours and port.enabled:
                 self.send(port, ARP_REPLY, bytes(sha), tpa, bytes(sha), spa)
                 port.counters.arp_replies += 1

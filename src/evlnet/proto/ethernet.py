@@ -54,6 +54,18 @@ class EthernetLayer:
                 off += 4
         buf.vlan_id = vid
         buf.protocol = ethertype
+        stack = self.stack
+        if off - s > ETH_HLEN:
+            if vid != port.vlan_id and vid not in stack.vlans:
+                # EVL: tagged traffic outside the oob VLAN set is not diverted at all, so no
+                # oob socket (packet sockets included) sees it
+                port.counters.rx_filtered += 1
+                buf.release()
+                return
+            # EVL pops the tag(s) in software: the MAC addresses move up against the inner
+            # EtherType, and every consumer (packet sockets too) sees an untagged frame
+            data[off - ETH_HLEN:off - 2] = data[s:s + 12]
+            s = buf.start = off - ETH_HLEN
         dst = data[s:s + 6]
         if dst == port.mac:
             buf.pkttype = PACKET_HOST
@@ -62,14 +74,9 @@ class EthernetLayer:
         else:
             buf.pkttype = PACKET_OTHERHOST
 
-        stack = self.stack
         packet = stack.packet
         if packet.listening and packet.input_frame(port, buf, ethertype, off):
             return                      # a packet socket took the frame
-        if vid != port.vlan_id and vid not in stack.vlans:
-            port.counters.rx_filtered += 1   # tagged traffic outside the oob VLAN set
-            buf.release()
-            return
         if buf.pkttype == PACKET_OTHERHOST:
             port.counters.rx_otherhost += 1
             buf.release()

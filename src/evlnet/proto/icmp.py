@@ -49,16 +49,19 @@ class IcmpProtocol(Protocol):
             counters.csum_errors += 1
             buf.release()
             return
-        out = port.tx_pool.take()
-        if out is None:
-            counters.tx_nomem += 1
-            buf.release()
-            return
         length = buf.end - icmp
         s = buf.start
         src_mac = bytes(data[s + 6:s + 12])
         src = buf.src_addr
         dst = buf.dst_addr if buf.dst_addr in port.iface_unicast else port.iface.primary_address
+        if 20 + length > port.mtu:
+            self._reply_fragmented(port, buf, icmp, src_mac, dst, src)
+            return
+        out = port.tx_pool.take()
+        if out is None:
+            counters.tx_nomem += 1
+            buf.release()
+            return
         stack.ipv4.write_headers(out.data, src_mac, port.mac, dst, src, IPPROTO_ICMP, length,
                                  stack.ipv4.next_ident(), 0, 64, 0)
         od = out.data
@@ -76,3 +79,22 @@ class IcmpProtocol(Protocol):
             counters.icmp_echo_replies += 1
         except OSError:
             pass   # counted by the port (tx_dropped_down / tx_qdisc_drops)
+
+    def _reply_fragmented(self, port: "Port", buf: PacketBuffer, icmp: int, src_mac: bytes,
+                          src: int, dst: int) -> None:
+        """A reassembled request larger than the MTU: turn it into the reply in place and send
+        it as IP fragments (as Linux does), never blocking for TX buffers."""
+        data = buf.data
+        data[icmp] = ICMP_ECHO_REPLY
+        data[icmp + 2] = data[icmp + 3] = 0
+        _CSUM.pack_into(data, icmp + 2, internet_checksum(buf.view[icmp:buf.end]))
+        length = buf.end - icmp
+        try:
+            self.stack.ipv4.output_fragmented(port, src_mac, src, dst, IPPROTO_ICMP,
+                                              [buf.view[icmp:buf.end]], length, 64, 0, True,
+                                              None, None, 0, 0)
+            port.counters.icmp_echo_replies += 1
+        except OSError:
+            pass   # counted by the port (tx_nomem / tx_dropped_down / tx_qdisc_drops)
+        finally:
+            buf.release()

@@ -79,6 +79,11 @@ class Reassembler:
         while self.held >= settings.ipfrag_max_buffers and self.pending:
             if not self._evict_oldest(keep=key):
                 break
+        if self.held >= settings.ipfrag_max_buffers:
+            # this datagram alone fills the bound: it cannot be completed within it
+            buf.release()
+            self._drop(key)
+            return None
         dg.frags[frag_off] = (buf, data_off, length)
         self.held += 1
         dg.received += length
@@ -260,6 +265,9 @@ class Ipv4Layer:
                 cur = cur[n:]
                 pos += n
                 need -= n
+            if pos < 60:                  # a short last fragment: pad to the Ethernet minimum
+                b.data[pos:60] = bytes(60 - pos)
+                pos = 60
             b.start = 0
             b.end = pos
             b.tsflags = tsflags

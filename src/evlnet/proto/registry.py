@@ -50,6 +50,12 @@ class Protocol:
         raise oserror(errno.EPROTONOSUPPORT, f"{self.name} has no sockets")
 
 
+#: Handled by the stack itself (IPv4, ARP, 802.1Q/802.1ad tags; ICMP echo is answered by the
+#: IPv4 layer): registering them would silently never be called, so they count as taken.
+BUILTIN_ETHERTYPES = frozenset({0x0800, 0x0806, 0x8100, 0x88A8})
+BUILTIN_IP_PROTOCOLS = frozenset({1})
+
+
 class ProtocolRegistry:
     """Dispatch tables of one stack."""
 
@@ -61,9 +67,11 @@ class ProtocolRegistry:
 
     def register(self, proto: Protocol) -> Protocol:
         """Add *proto* to the stack; raises EEXIST if its EtherType/IP protocol is taken."""
-        if proto.ethertype is not None and proto.ethertype in self.by_ethertype:
+        if proto.ethertype is not None and (proto.ethertype in self.by_ethertype
+                                            or proto.ethertype in BUILTIN_ETHERTYPES):
             raise oserror(errno.EEXIST, f"EtherType {proto.ethertype:#06x} already registered")
-        if proto.ip_protocol is not None and proto.ip_protocol in self.by_ip_protocol:
+        if proto.ip_protocol is not None and (proto.ip_protocol in self.by_ip_protocol
+                                              or proto.ip_protocol in BUILTIN_IP_PROTOCOLS):
             raise oserror(errno.EEXIST, f"IP protocol {proto.ip_protocol} already registered")
         proto.bind_stack(self.stack)
         if proto.ethertype is not None:

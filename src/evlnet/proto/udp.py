@@ -49,13 +49,25 @@ class UdpProtocol(Protocol):
 
     def create_socket(self, family, sock_type, proto, flags):
         from ..sockets.udp import UdpSocket
-        return UdpSocket(self.stack, family, sock_type, proto or IPPROTO_UDP)
+        proto = proto or IPPROTO_UDP
+        kernel = self.stack.kernel
+        # with Linux ports an oob socket is primarily a genuine kernel socket (EVL)
+        ksock = kernel.new_kernel_socket(proto) if kernel is not None else None
+        try:
+            return UdpSocket(self.stack, family, sock_type, proto, kernel_sock=ksock)
+        except BaseException:
+            if ksock is not None:
+                ksock.close()
+            raise
 
     def pick_ephemeral(self, addr: int) -> int:
+        # INADDR_ANY overlaps every address: it needs a port nobody is bound to
+        used = {k >> 32 for k in list(self.slots)} if addr == 0 else ()
         for _ in range(EPHEMERAL_LAST - EPHEMERAL_FIRST + 1):
             p = self._next_ephemeral
             self._next_ephemeral = p + 1 if p < EPHEMERAL_LAST else EPHEMERAL_FIRST
-            if slot_key(addr, p) not in self.slots and slot_key(0, p) not in self.slots:
+            if (slot_key(addr, p) not in self.slots and slot_key(0, p) not in self.slots
+                    and p not in used):
                 return p
         return 0
 

@@ -10,10 +10,11 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..constants import (EVL_SOF_TIMESTAMP_RX, EVL_SOF_TIMESTAMPS, MSG_DONTWAIT, MSG_TIMESTAMP,
+from ..constants import (EVL_SOF_TIMESTAMP_DEVICE, EVL_SOF_TIMESTAMP_QUEUING, EVL_SOF_TIMESTAMP_RX,
+                         EVL_SOF_TIMESTAMP_TX, EVL_SOF_TIMESTAMPS, MSG_DONTWAIT, MSG_TIMESTAMP,
                          MSG_TRUNC, SO_TIMESTAMP_OOB, SOL_SOCKET)
 from ..core.buffers import Doorbell, PacketBuffer
-from ..core.timestamps import IOTIMES, IOTIMES_SIZE, TxTimestampRing
+from ..core.timestamps import IOTIMES, IOTIMES_SIZE, RX_STAMPING, IoTimes, TxTimestampRing
 from ..errors import oserror
 
 if TYPE_CHECKING:
@@ -38,8 +39,12 @@ DEFAULT_BUF = 212992          # /proc/sys/net/core/[rw]mem_default on a stock ke
 #: What a queued datagram is charged against the receive buffer, on top of its bytes (about the
 #: sk_buff overhead Linux charges), so SO_RCVBUF bounds a queue as it does on Linux.
 RX_OVERHEAD = 512
-RECV_FLAGS = MSG_DONTWAIT | MSG_TIMESTAMP
-SEND_FLAGS = MSG_DONTWAIT
+# Plain ints: socket.MSG_* are IntFlag members, and every operator on one costs ~0.7 us.
+_DONTWAIT = int(MSG_DONTWAIT)
+_TIMESTAMP = int(MSG_TIMESTAMP)
+_TRUNC = int(MSG_TRUNC)
+RECV_FLAGS = _DONTWAIT | _TIMESTAMP
+SEND_FLAGS = _DONTWAIT
 
 
 def deadline_from(timeout: float | None, abs_timeout_ns: int | None) -> int | None:
@@ -67,12 +72,15 @@ class ReceiveQueue:
         self.drops = 0
 
     def push(self, buf: PacketBuffer) -> bool:
-        """RX thread: queue *buf* (stamping delivery_time) or refuse it when the queue is full."""
+        """RX thread: queue *buf* or refuse it when the queue is full.
+
+        Stamps RX ``delivery_time`` while any socket has RX stamping on (EVL marks a packet
+        "timestamped" the same way); an unstamped datagram gets no control data on receive."""
         size = buf.end - buf.start + RX_OVERHEAD
         if self.queued + size > self.rcvbuf:
             self.drops += 1
             return False
-        buf.delivery_time = _now()
+        buf.delivery_time = _now() if RX_STAMPING.count else 0
         self.queued += size
         self.items.append(buf)
         self.bell.ring()
@@ -146,7 +154,9 @@ class OobSocket:
         self.sndbuf = DEFAULT_BUF
         self.tsflags = 0
         self.tx_ring = TxTimestampRing()
-        self._ts_bell = Doorbell()
+        self._ts_bell = Doorbell()        # rung for MSG_TIMESTAMP collectors (see _ts_waiters)
+        self._ts_waiters = 0              # collectors about to block: pushes ring only then
+        self._ts_lock = threading.Lock()
         self.bound_device: str | None = None
         self.priority = 0
         self.reuseaddr = False
@@ -165,9 +175,10 @@ class OobSocket:
             if self._closed:
                 return
             self._closed = True
+            RX_STAMPING.update(self.tsflags, 0)
         self._unbind()
         self.stack._unregister_socket(self)
-        self._ts_bell.ring()
+        self._ts_bell.ring()              # a blocked MSG_TIMESTAMP collector gets EBADF
         if self._kernel is not None:
             self._kernel.close()
         else:
@@ -224,13 +235,14 @@ class OobSocket:
         Returns the number of bytes sent — or 0 when the datagram was demoted to the in-band stage
         (a front-cache miss), where ``MSG_DONTWAIT`` callers get EINPROGRESS instead, as in EVL.
         """
+        flags = int(flags)
         if flags & ~SEND_FLAGS:
             raise oserror(errno.EINVAL, f"oob_sendmsg accepts only MSG_DONTWAIT, got {flags:#x}")
         self._check_open()
         if ancdata:
             raise oserror(errno.EINVAL, "oob_sendmsg takes no control data")
-        delivery_time = _now() if self.tsflags & 2 else 0
-        nonblock = bool(flags & MSG_DONTWAIT) or self._nonblocking
+        delivery_time = _now() if self.tsflags & EVL_SOF_TIMESTAMP_TX else 0
+        nonblock = bool(flags & _DONTWAIT) or self._nonblocking
         deadline = deadline_from(timeout, abs_timeout_ns)
         if isinstance(buffers, (bytes, bytearray, memoryview)):
             views = [buffers]
@@ -246,9 +258,16 @@ class OobSocket:
         """Receive one datagram (EVL ``oob_recvmsg``): ``(data, ancdata, msg_flags, address)``.
 
         With RX timestamping on and ``ancbufsize >= 24``, *ancdata* holds one
-        ``(SOL_SOCKET, SO_TIMESTAMP_OOB, <24-byte evl_net_iotimes>)`` item; a non-zero
-        ``ancbufsize`` below 24 is EINVAL. With ``flags & MSG_TIMESTAMP``, TX timestamp records
-        are collected instead: *data* holds n x 24 bytes (see ``IoTimes.unpack_array``).
+        ``(SOL_SOCKET, SO_TIMESTAMP_OOB, <24-byte evl_net_iotimes>)`` item (``IoTimes.unpack``);
+        a non-zero ``ancbufsize`` below 24 is EINVAL, 0 means "no control buffer" (EVL: a NULL
+        ``msg_control``). *ancdata* is empty when RX stamping is off or the datagram was queued
+        before it was turned on (EVL: ``msg_controllen`` = 0).
+
+        With ``flags & MSG_TIMESTAMP``, TX timestamp records are collected instead of data:
+        *data* holds as many 24-byte records as *bufsize* has room for (``IoTimes.unpack_array``),
+        *msg_flags* has ``MSG_TRUNC`` when records were lost to a ring overflow since the last
+        collection. It blocks until a record is there (unless ``MSG_DONTWAIT``: EWOULDBLOCK), and
+        fails with EINVAL when TX stamping is off or *bufsize* < 24.
         """
         if bufsize < 0:
             raise oserror(errno.EINVAL, "negative buffer size")
@@ -261,19 +280,19 @@ class OobSocket:
                          timeout: float | None = None, abs_timeout_ns: int | None = None):
         """Like ``oob_recvmsg`` but scatters into writable *buffers*: ``(nbytes, ancdata,
         msg_flags, address)``. Nothing is allocated for the payload."""
+        flags = int(flags)
         if flags & ~RECV_FLAGS:
             raise oserror(errno.EINVAL, f"oob_recvmsg accepts MSG_DONTWAIT|MSG_TIMESTAMP, got {flags:#x}")
         if ancbufsize < 0:
             raise oserror(errno.EINVAL, "negative control buffer size")
         self._check_open()
-        nonblock = bool(flags & MSG_DONTWAIT) or self._nonblocking
+        nonblock = bool(flags & _DONTWAIT) or self._nonblocking
         deadline = deadline_from(timeout, abs_timeout_ns)
         if isinstance(buffers, (bytearray, memoryview)):
             buffers = [buffers]
-        if flags & MSG_TIMESTAMP:
+        if flags & _TIMESTAMP:
             return self._collect_tx_timestamps(buffers, nonblock, deadline)
-        want_stamp = self.tsflags & EVL_SOF_TIMESTAMP_RX
-        if want_stamp and 0 < ancbufsize < IOTIMES_SIZE:
+        if self.tsflags & EVL_SOF_TIMESTAMP_RX and 0 < ancbufsize < IOTIMES_SIZE:
             raise oserror(errno.EINVAL, f"control buffer of {ancbufsize} bytes < {IOTIMES_SIZE}")
         buf = self._receive_queue().pop(nonblock, deadline)
         try:
@@ -287,13 +306,13 @@ class OobSocket:
                 copied += n
                 if copied == length:
                     break
-            mflags = MSG_TRUNC if copied < length else 0
+            mflags = _TRUNC if copied < length else 0
             anc = []
-            if want_stamp and ancbufsize:
-                ts = self.tsflags
+            ts = self.tsflags
+            if ts & EVL_SOF_TIMESTAMP_RX and ancbufsize >= IOTIMES_SIZE and buf.delivery_time:
                 anc.append((SOL_SOCKET, SO_TIMESTAMP_OOB, IOTIMES.pack(
-                    buf.device_time if ts & 4 else 0,
-                    buf.queuing_time if ts & 8 else 0,
+                    buf.device_time if ts & EVL_SOF_TIMESTAMP_DEVICE else 0,
+                    buf.queuing_time if ts & EVL_SOF_TIMESTAMP_QUEUING else 0,
                     buf.delivery_time)))
             address = self._address_of(buf)
         finally:
@@ -304,32 +323,76 @@ class OobSocket:
     def _push_tx_timestamp(self, device: int, queuing: int, delivery: int) -> None:
         """TX thread: one record per transmitted datagram (points not asked for are 0)."""
         ts = self.tsflags
-        if not ts & 2:
+        if not ts & EVL_SOF_TIMESTAMP_TX:
             return
-        self.tx_ring.push(device if ts & 4 else 0, queuing if ts & 8 else 0, delivery)
-        self._ts_bell.ring()
+        self.tx_ring.push(device if ts & EVL_SOF_TIMESTAMP_DEVICE else 0,
+                          queuing if ts & EVL_SOF_TIMESTAMP_QUEUING else 0, delivery)
+        if self._ts_waiters:        # read after the push: a collector registers before checking
+            self._ts_bell.ring()
 
     def _collect_tx_timestamps(self, buffers, nonblock: bool, deadline: int | None):
-        if not self.tsflags & 2:
+        """``oob_recvmsg(MSG_TIMESTAMP)``: move TX records into *buffers* (EVL
+        ``evl_collect_socket_iots``); the records may straddle the buffers, as with an iovec."""
+        if not self.tsflags & EVL_SOF_TIMESTAMP_TX:
             raise oserror(errno.EINVAL, "TX timestamping is off (SO_TIMESTAMP_OOB)")
-        out = memoryview(buffers[0]).cast("B") if buffers else memoryview(bytearray(0))
-        room = len(out) // IOTIMES_SIZE
+        if len(buffers) == 1:
+            out = memoryview(buffers[0]).cast("B")
+            views = None
+            room = len(out) // IOTIMES_SIZE
+        else:                                   # records may straddle the buffers (an iovec)
+            views = [memoryview(b).cast("B") for b in buffers]
+            room = sum(map(len, views)) // IOTIMES_SIZE
+            out = bytearray(room * IOTIMES_SIZE)
         if room < 1:
             raise oserror(errno.EINVAL, f"buffer holds less than one {IOTIMES_SIZE}-byte record")
+        bell = self._ts_bell
         while True:
-            if len(self.tx_ring):
-                n, truncated = self.tx_ring.pop_into(out, room)
-                return n * IOTIMES_SIZE, [], MSG_TRUNC if truncated else 0, None
-            self._check_open()
+            ring = self.tx_ring
+            n, truncated = ring.pop_into(out, room)
+            if n:
+                if len(ring) and self._ts_waiters:
+                    bell.ring()                       # more left for another collector
+                if views is not None:
+                    _scatter(out, n * IOTIMES_SIZE, views)
+                return n * IOTIMES_SIZE, [], _TRUNC if truncated else 0, None
+            if self._closed:
+                bell.ring()                           # every blocked collector must see it
+                raise oserror(errno.EBADF, "socket closed while collecting TX timestamps")
+            if not self.tsflags & EVL_SOF_TIMESTAMP_TX:
+                raise oserror(errno.EINVAL, "TX timestamping was turned off")
             if nonblock:
                 raise oserror(errno.EWOULDBLOCK, "no TX timestamp queued")
-            if deadline is None:
-                self._ts_bell.wait(0.5)
-            else:
+            remaining = None
+            if deadline is not None:
                 remaining = (deadline - _now()) / 1e9
                 if remaining <= 0:
                     raise oserror(errno.ETIMEDOUT, "no TX timestamp before the deadline")
-                self._ts_bell.wait(min(remaining, 0.5))
+            with self._ts_lock:
+                self._ts_waiters += 1
+            try:
+                # Registered before this last look, so a push from now on rings the bell.
+                if not (len(self.tx_ring) or self._closed
+                        or not self.tsflags & EVL_SOF_TIMESTAMP_TX):
+                    bell.wait(remaining)
+            finally:
+                with self._ts_lock:
+                    self._ts_waiters -= 1
+
+    def oob_collect_tx_timestamps(self, max_records: int = 16, flags: int = 0, *,
+                                  timeout: float | None = None,
+                                  abs_timeout_ns: int | None = None) -> tuple[list[IoTimes], bool]:
+        """Collect up to *max_records* TX timestamp records: ``(records, truncated)``.
+
+        The same as ``oob_recvmsg(24 * max_records, flags=MSG_TIMESTAMP | flags)`` followed by
+        ``IoTimes.unpack_array``; *truncated* is True when records were lost to a ring overflow
+        since the previous collection (``MSG_TRUNC``). *flags* may hold ``MSG_DONTWAIT``.
+        """
+        if max_records < 1:
+            raise oserror(errno.EINVAL, "max_records must be at least 1")
+        out = bytearray(max_records * IOTIMES_SIZE)
+        n, _, mflags, _ = self.oob_recvmsg_into([out], 0, int(flags) | _TIMESTAMP, timeout=timeout,
+                                                abs_timeout_ns=abs_timeout_ns)
+        return IoTimes.unpack_array(memoryview(out)[:n]), bool(mflags & _TRUNC)
 
     # -- options ------------------------------------------------------------------------------
     def oob_setsockopt(self, level: int, optname: int, value) -> None:
@@ -406,10 +469,17 @@ class OobSocket:
 
     def _set_evl_option(self, optname: int, value: int) -> None:
         if optname == SO_TIMESTAMP_OOB:
-            if value & ~EVL_SOF_TIMESTAMPS or value < 0:
+            if value < 0 or value & ~EVL_SOF_TIMESTAMPS:
                 raise oserror(errno.EINVAL, f"unknown SO_TIMESTAMP_OOB flags {value:#x}")
-            self.tsflags = value
-            self.tx_ring.reset()          # EVL: setting the option resets the TX ring
+            with self._lock:
+                if self._closed:
+                    raise oserror(errno.EBADF, "socket is closed")
+                RX_STAMPING.update(self.tsflags, value)
+                # EVL: setting the option installs a fresh ring (a full reset). Swapping the
+                # object lets a TX thread that is pushing right now finish on the old one.
+                self.tx_ring = TxTimestampRing()
+                self.tsflags = value
+            self._ts_bell.ring()          # blocked collectors re-check (EINVAL if TX went off)
             return
         if value < 0:
             raise oserror(errno.EINVAL, "negative buffer size")
@@ -443,6 +513,18 @@ class OobSocket:
         q = self._receive_queue_or_none()
         if q is not None:
             q.error = 0
+
+
+def _scatter(src, n: int, views: list) -> None:
+    """Copy the first *n* bytes of *src* across *views* in order."""
+    mv = memoryview(src)
+    pos = 0
+    for v in views:
+        if pos >= n:
+            break
+        k = min(len(v), n - pos)
+        v[:k] = mv[pos:pos + k]
+        pos += k
 
 
 def _int_value(value) -> int:

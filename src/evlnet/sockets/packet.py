@@ -75,7 +75,8 @@ class PacketSocket(OobSocket):
         s = buf.start
         port = buf.port
         real = port.device.real_device
-        name = port.name if real is None or port.vlan_id == 0 else port.name
+        # EVL fills sll_ifindex with the real device's, also for a frame of a VLAN port
+        name = real.name if real is not None and port.vlan_id else port.name
         return (name, buf.protocol, buf.pkttype, 1, bytes(buf.data[s + 6:s + 12]))
 
     def _send(self, views, total, address, nonblock, deadline, delivery_time) -> int:

@@ -80,24 +80,53 @@ class UdpSocket(OobSocket):
         udp = stack.udp
         if addr and addr != 0xFFFFFFFF and not stack.is_local_address(addr):
             raise oserror(errno.EADDRNOTAVAIL, f"{format_ip(addr)} is not a local address")
-        if port == 0:
-            port = udp.pick_ephemeral(addr)
-            if port == 0:
-                raise oserror(errno.EADDRINUSE, "no ephemeral port left")
-        key = slot_key(addr, port)
-        slot = udp.slots.get(key)
-        if slot is not None:
-            if not (self.reuseport and slot.reuseport):
+        ephemeral = port == 0
+        for _attempt in range(64 if ephemeral else 1):
+            if ephemeral:
+                port = udp.pick_ephemeral(addr)
+                if port == 0:
+                    raise oserror(errno.EADDRINUSE, "no ephemeral port left")
+            key = slot_key(addr, port)
+            slot = udp.slots.get(key)
+            if slot is None:
+                self._check_wildcard_overlap(udp, addr, port)
+            elif not (self.reuseport and slot.reuseport):
                 raise oserror(errno.EADDRINUSE, f"{format_ip(addr)}:{port} is in use")
+            try:
+                # Linux ports: the genuine kernel socket reserves the port in the kernel too,
+                # and the port's input diversion starts taking its traffic
+                stack.kernel_bind(self, addr, port)
+            except OSError as exc:
+                if ephemeral and exc.errno == errno.EADDRINUSE:
+                    continue              # taken in the kernel by someone else: next one
+                raise
+            break
+        else:
+            raise oserror(errno.EADDRINUSE, "no ephemeral port free in the kernel")
+        if slot is not None:
             slot.owners.append(self)
             self._queue = slot.queue
         else:
-            if self._kernel is not None:
-                stack.kernel_bind(self, addr, port)
             slot = UdpSlot(self._queue, self, self.reuseport)
             udp.slots[key] = slot
         self._slot = slot
         self.local = (addr, port)
+
+    def _check_wildcard_overlap(self, udp, addr: int, port: int) -> None:
+        """Linux (and so EVL, whose in-band bind runs first): INADDR_ANY:port and addr:port
+        overlap; EADDRINUSE unless both sides set SO_REUSEADDR, or both SO_REUSEPORT."""
+        if addr == 0:
+            others = [s for k, s in list(udp.slots.items()) if k >> 32 == port]
+        else:
+            wild = udp.slots.get(slot_key(0, port))
+            others = [wild] if wild is not None else []
+        for other in others:
+            if self.reuseport and other.reuseport:
+                continue
+            if self.reuseaddr and all(o.reuseaddr for o in other.owners):
+                continue
+            raise oserror(errno.EADDRINUSE, f"port {port} is in use"
+                          f"{' on another address' if addr == 0 else ' on INADDR_ANY'}")
 
     def connect(self, address) -> None:
         """Set the default destination (EDESTADDRREQ is raised on sends without one)."""
@@ -127,13 +156,18 @@ class UdpSocket(OobSocket):
         if slot is None:
             return
         slot.owners.remove(self)
+        self._slot = None
         if not slot.owners:
             key = slot_key(*self.local)
             if self.stack.udp.slots.get(key) is slot:
                 del self.stack.udp.slots[key]
             slot.queue.purge()
-        self._slot = None
-        self._queue.fail(errno.EBADF)
+            self._queue.fail(errno.EBADF)
+        else:
+            # SO_REUSEPORT: the shared queue lives on with the other owners, who must not
+            # see this socket's EBADF; this socket keeps a private, failed queue.
+            self._queue = ReceiveQueue(self.rcvbuf)
+            self._queue.fail(errno.EBADF)
 
     def _receive_queue(self) -> ReceiveQueue:
         return self._queue
@@ -151,6 +185,51 @@ class UdpSocket(OobSocket):
     def oob_recvfrom(self, bufsize: int, flags: int = 0, **kw):
         data, _, _, addr = self.oob_recvmsg(bufsize, 0, flags, **kw)
         return data, addr
+
+    # -- in-band I/O: the genuine kernel socket (Linux ports) ------------------------------------
+    # EVL: "any oob-enabled socket is primarily a genuine socket"; send/recv on it use the
+    # kernel's stack, which never sees the traffic the oob port diverts.
+    def _genuine(self):
+        self._check_open()
+        if self._kernel is None:
+            raise oserror(errno.EOPNOTSUPP, "in-band I/O needs a genuine kernel socket (oob "
+                                            "sockets made while the stack has a Linux port)")
+        return self._kernel
+
+    def _inband_flags(self, flags: int) -> int:
+        return flags | _pysocket.MSG_DONTWAIT if self._nonblocking else flags
+
+    def send(self, data, flags: int = 0) -> int:
+        k = self._genuine()
+        if self.remote is None:
+            raise oserror(errno.EDESTADDRREQ, "socket is not connected")
+        return k.sendto(data, self._inband_flags(flags),
+                        (format_ip(self.remote[0]), self.remote[1]))
+
+    def sendto(self, data, flags_or_address, address=None) -> int:
+        """``sendto(data, address)`` or ``sendto(data, flags, address)``, in-band."""
+        k = self._genuine()
+        if address is None:
+            flags, address = 0, flags_or_address
+        else:
+            flags = flags_or_address
+        if self.local is None:         # bind through the stack: the oob side owns the port too
+            with self._lock:
+                if self.local is None:
+                    self._bind_locked(0, 0)
+        return k.sendto(data, self._inband_flags(flags), address)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return self._genuine().recv(bufsize, self._inband_flags(flags))
+
+    def recvfrom(self, bufsize: int, flags: int = 0):
+        return self._genuine().recvfrom(bufsize, self._inband_flags(flags))
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        return self._genuine().recv_into(buffer, nbytes, self._inband_flags(flags))
+
+    def recvfrom_into(self, buffer, nbytes: int = 0, flags: int = 0):
+        return self._genuine().recvfrom_into(buffer, nbytes, self._inband_flags(flags))
 
     # -- options --------------------------------------------------------------------------------
     def _set_protocol_option(self, level, optname, value) -> bool:

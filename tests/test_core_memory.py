@@ -1,0 +1,101 @@
+"""Steady-state memory and clean teardown: no growth with the packet count, every buffer back in
+its pool, no thread left behind."""
+from __future__ import annotations
+
+import gc
+import socket as pysocket
+import threading
+import tracemalloc
+
+from scapy.layers.inet import IP, UDP, fragment
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from evlnet import AF_PACKET, ETH_P_ALL, SOCK_OOB, SOCK_RAW
+from virtual_fixtures import (A_IP, B_IP, make_pair, mac_str, pair,  # noqa: F401
+                              stack_threads, stacks, wait_until)
+
+#: What the heap may move by between the 2 000th and the 10 000th datagram without anything
+#: growing per packet (allocator noise, a dict or deque resizing once). A leak of a single small
+#: object per datagram (>= 16 bytes x 8 000 = 128 KiB) exceeds it.
+SLACK = 16 * 1024
+
+
+def _exchange(sa, sb, n: int, payload: bytes, out: bytearray) -> None:
+    send = sa.oob_sendmsg
+    recv = sb.oob_recvmsg_into
+    dst = (B_IP, 6000)
+    for _ in range(n):
+        send([payload], address=dst)
+        got = recv([out], timeout=5)[0]
+        assert got == len(payload)
+
+
+def test_memory_does_not_grow_with_packet_count(pair):
+    p = pair
+    sa, sb = p.solicited_pair()
+    payload = bytes(range(200))
+    out = bytearray(2048)
+    _exchange(sa, sb, 500, payload, out)                    # warm up caches and free lists
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        _exchange(sa, sb, 2000, payload, out)
+        gc.collect()
+        after_2k = tracemalloc.get_traced_memory()[0] - base
+        _exchange(sa, sb, 8000, payload, out)
+        gc.collect()
+        after_10k = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert after_10k - after_2k < SLACK, (after_2k, after_10k)
+    assert wait_until(lambda: p.A.get_stats(p.pa).skb_free == p.A.get_stats(p.pa).skb_total)
+    for stack, port in ((p.A, p.pa), (p.B, p.pb)):
+        st = stack.get_stats(port)
+        assert st.skb_free == st.skb_total == 2048
+        assert port.rx_pool.free == port.rx_pool.total
+    assert p.B.get_stats(p.pb).rx_packets >= 10500
+
+
+def test_no_thread_left_and_pools_full_after_close_and_disable(make_pair):
+    p = make_pair(poolsz=64)
+    names = [p.A.name, p.B.name, p.link.a.name, p.link.b.name]
+    assert len(stack_threads(*names)) == 6                  # rx, tx per port + two in-band
+    sa, sb = p.solicited_pair()
+    tap = p.B.socket(AF_PACKET, SOCK_RAW | SOCK_OOB, pysocket.htons(ETH_P_ALL))
+    unread = p.udp(p.B, (B_IP, 6001))
+    for i in range(20):                                     # left unread in both sockets
+        sa.oob_sendmsg([bytes(300)], address=(B_IP, 6001))
+    big = bytes(5000)
+    for _ in range(3):                                      # fragments, reassembled
+        sa.oob_sendmsg([big], address=(B_IP, 6000))
+        assert sb.oob_recvmsg(6000, timeout=5)[0] == big
+    # a lone first fragment waits in the reassembly state
+    frag = fragment(IP(src=A_IP, dst=B_IP, id=999) / UDP(sport=1, dport=6000)
+                    / Raw(bytes(3000)), fragsize=1200)[0]
+    raw = p.A.socket(AF_PACKET, SOCK_RAW | SOCK_OOB, pysocket.htons(ETH_P_ALL))
+    raw.oob_sendmsg([bytes(Ether(dst=mac_str(p.link.b.mac), src=mac_str(p.link.a.mac)) / frag)],
+                    address=(p.link.a.name, ETH_P_ALL))
+    assert wait_until(lambda: p.pb.reassembler.held == 1)
+    assert wait_until(lambda: len(unread._queue.items) == 20)
+    assert p.pb.rx_pool.free < p.pb.rx_pool.total           # buffers are held right now
+
+    p.B.disable_port(p.pb)                                  # B: disable with sockets still open
+    assert p.pb.rx_pool.free == p.pb.rx_pool.total
+    assert p.pb.tx_pool.free == p.pb.tx_pool.total
+    assert p.pb.reassembler.held == 0
+    with_unread = [s for s in (unread, tap) if s._receive_queue().items]
+    assert not with_unread
+    assert not stack_threads(p.link.b.name)
+    p.B.close()
+    p.A.close()                                             # A: close with everything open
+    assert p.pa.rx_pool.free == p.pa.rx_pool.total
+    assert p.pa.tx_pool.free == p.pa.tx_pool.total
+    assert p.A.reasm_pool.free == p.A.reasm_pool.total
+    assert p.B.reasm_pool.free == p.B.reasm_pool.total
+    assert all(s.closed and s.fileno() == -1 for s in (sa, sb, tap, unread, raw))
+    leftover = stack_threads(*names)
+    assert not leftover, leftover
+    assert not [t for t in threading.enumerate()
+                if t.name.endswith((".rx", ".tx", ".inband")) and t.name.split(".")[0] in names]
