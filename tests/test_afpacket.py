@@ -3,6 +3,10 @@
 The device drives one end (its thread entered that namespace only to create it); the kernel's own
 UDP sockets on the other end are the peer. Root is needed (skip otherwise, fail under CI=true).
 Only 192.0.2.0/24 and 198.51.100.0/24 addresses are used, inside namespaces made here.
+
+Every behaviour runs in both RX ring modes (``ring="v2"``: TPACKET_V2, per-frame status;
+``ring="v3"``: TPACKET_V3, blocks retired by a timer): the ``afp_env`` fixture and the ``ring``
+parameter cover both.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 from evlnet.core.buffers import BufferPool, PacketBuffer
+from evlnet.drivers import afpacket as afp
 from evlnet.drivers.afpacket import (
     AfPacketDevice, linux_interface_exists, parse_link_message,
 )
@@ -34,6 +39,7 @@ DEV_IP = "192.0.2.1"
 PEER_IP = "192.0.2.2"
 PEER_CIDR = "192.0.2.2/24"
 PORT = 7000
+RINGS = ("v2", "v3")
 
 
 # ------------------------------------------------------------------------------------------
@@ -127,13 +133,13 @@ class AfpEnv:
 
 
 @contextmanager
-def afp_setup(pool_size: int = 256, **dev_kw):
+def afp_setup(pool_size: int = 256, ring: str = "v2", **dev_kw):
     require_root()
     with netns("afpdev") as a, netns("afppeer") as b, \
             veth_pair(a, b, addr_a=None, addr_b=PEER_CIDR) as (ea, eb):
         eb.add_neighbor(DEV_IP, ea.mac)       # the peer kernel needs no ARP reply from us
         with in_netns(a):
-            dev = AfPacketDevice(ea.name, **dev_kw)
+            dev = AfPacketDevice(ea.name, ring=ring, **dev_kw)
         pool = BufferPool(pool_size, 2048, "afp-test")
         try:
             dev.attach(pool)
@@ -142,9 +148,9 @@ def afp_setup(pool_size: int = 256, **dev_kw):
             dev.close()
 
 
-@pytest.fixture
-def afp_env():
-    with afp_setup() as env:
+@pytest.fixture(params=RINGS)
+def afp_env(request):
+    with afp_setup(ring=request.param) as env:
         yield env
 
 
@@ -237,11 +243,15 @@ def test_receive_latency(afp_env):
             got[0].release()
     to_dev.sort()
     to_ret.sort()
-    print(f"\nAF_PACKET RX latency (us): send->device_time median {to_dev[15] / 1e3:.1f} "
+    print(f"\nAF_PACKET {env.dev.ring} RX latency (us): "
+          f"send->device_time median {to_dev[15] / 1e3:.1f} "
           f"max {to_dev[-1] / 1e3:.1f}; send->receive() return median {to_ret[15] / 1e3:.1f} "
           f"max {to_ret[-1] / 1e3:.1f}")
     assert to_dev[15] < 5_000_000          # the stamp is taken in the kernel, right away
-    assert to_ret[15] < 50_000_000         # block retire timer (1 ms) plus scheduling
+    if env.dev.ring == "v2":
+        assert to_ret[15] < 500_000        # per-frame status: no retire timer (~10 us here)
+    else:
+        assert to_ret[15] < 50_000_000     # block retire timer (1 ms) plus scheduling
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,8 +285,9 @@ def test_transmit_oversized_counts_tx_error(afp_env):
 # (c) pool exhaustion, ring overflow
 # ------------------------------------------------------------------------------------------
 
-def test_rx_nomem_when_pool_empty():
-    with afp_setup(pool_size=2) as env:
+@pytest.mark.parametrize("ring", RINGS)
+def test_rx_nomem_when_pool_empty(ring):
+    with afp_setup(pool_size=2, ring=ring) as env:
         with udp_socket(env.ns_peer, PEER_IP) as s:
             for i in range(5):
                 s.sendto(b"n%d" % i, (DEV_IP, PORT))
@@ -296,10 +307,14 @@ def test_rx_nomem_when_pool_empty():
         got[0].release()
 
 
-def test_ring_overflow_counts_kernel_drops():
-    # 4 blocks of 2 frames: a burst nobody reads overflows the ring
-    with afp_setup(rx_frames=8, block_frames=1) as env:
-        assert env.dev._block_nr == 4
+@pytest.mark.parametrize("ring", RINGS)
+def test_ring_overflow_counts_kernel_drops(ring):
+    # v2: 8 frame slots; v3: 4 blocks of 2 frames: a burst nobody reads overflows the ring
+    with afp_setup(rx_frames=8, block_frames=1, ring=ring) as env:
+        if ring == "v2":
+            assert env.dev._frame_nr == 8
+        else:
+            assert env.dev._block_nr == 4
         with udp_socket(env.ns_peer, PEER_IP) as s:
             for i in range(200):
                 s.sendto(b"o%d" % i, (DEV_IP, PORT))
@@ -555,7 +570,8 @@ def test_tagged_frames_keep_their_tag_on_the_parent(afp_env):
             b.release()
 
 
-def test_vlan_device():
+@pytest.mark.parametrize("ring", RINGS)
+def test_vlan_device(ring):
     require_root()
     if not vlan_supported():
         pytest.skip("this kernel cannot create 802.1Q VLAN devices (CONFIG_VLAN_8021Q not set)")
@@ -565,7 +581,7 @@ def test_vlan_device():
             vlan(a, ea.name, 42) as va, vlan(b, eb.name, 42, vlan_peer_ip + "/24") as vb:
         vb.add_neighbor(vlan_dev_ip, va.mac)
         with in_netns(a):
-            dev = AfPacketDevice(va.name)
+            dev = AfPacketDevice(va.name, ring=ring)
         try:
             assert dev.name == f"{ea.name}.42" and dev.vlan_id == 42
             assert dev.real_ifname == ea.name and dev.real_ifindex == ea.ifindex
@@ -588,6 +604,353 @@ def test_vlan_device():
                 assert (data, src, sport) == (payload, vlan_dev_ip, 4444)
         finally:
             dev.close()
+
+
+# ------------------------------------------------------------------------------------------
+# (i) ring modes: layout, busy polling, concurrent consumers
+# ------------------------------------------------------------------------------------------
+
+_OFFSETOF_C = r"""
+#include <stdio.h>
+#include <stddef.h>
+#include <linux/if_packet.h>
+#define O(t, f) printf("%zu ", offsetof(struct t, f))
+int main(void) {
+    O(tpacket2_hdr, tp_status); O(tpacket2_hdr, tp_len); O(tpacket2_hdr, tp_snaplen);
+    O(tpacket2_hdr, tp_mac); O(tpacket2_hdr, tp_net); O(tpacket2_hdr, tp_sec);
+    O(tpacket2_hdr, tp_nsec); O(tpacket2_hdr, tp_vlan_tci); O(tpacket2_hdr, tp_vlan_tpid);
+    O(tpacket2_hdr, tp_padding);
+    printf("%zu %zu %zu ", sizeof(struct tpacket2_hdr), (size_t)TPACKET2_HDRLEN,
+           (size_t)TPACKET_ALIGN(sizeof(struct tpacket2_hdr)));
+    O(tpacket3_hdr, tp_next_offset); O(tpacket3_hdr, tp_sec); O(tpacket3_hdr, tp_nsec);
+    O(tpacket3_hdr, tp_snaplen); O(tpacket3_hdr, tp_len); O(tpacket3_hdr, tp_status);
+    O(tpacket3_hdr, tp_mac); O(tpacket3_hdr, hv1.tp_vlan_tci); O(tpacket3_hdr, hv1.tp_vlan_tpid);
+    printf("%zu %d %d %d\n", (size_t)TPACKET3_HDRLEN, TPACKET_V2, TPACKET_V3,
+           TP_STATUS_CSUMNOTREADY);
+    return 0;
+}
+"""
+
+
+def test_ring_header_layout_matches_kernel_headers(tmp_path):
+    """The struct layouts the driver hard-codes, checked against <linux/if_packet.h> with gcc."""
+    import shutil
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "off.c"
+    src.write_text(_OFFSETOF_C)
+    build = subprocess.run([cc, "-o", str(tmp_path / "off"), str(src)], capture_output=True)
+    if build.returncode:
+        pytest.skip(f"cannot build against linux/if_packet.h: {build.stderr[-200:]!r}")
+    got = [int(x) for x in subprocess.run([str(tmp_path / "off")], capture_output=True,
+                                          text=True, check=True).stdout.split()]
+    t2 = afp._T2_HDR
+    # tp_status, tp_len, tp_snaplen (u32) tp_mac, tp_net (u16) tp_sec, tp_nsec (u32) @ 0..20
+    assert t2.format == "<IIIHHII" and t2.size == 24
+    assert got[:10] == [0, 4, 8, 12, 14, 16, 20, afp.T2_VLAN_OFF, afp.T2_VLAN_OFF + 2, 28]
+    assert got[10:13] == [32, afp.TPACKET2_HDRLEN, 32]
+    # tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status (u32), mac (u16), vlan tci/tpid
+    assert got[13:22] == [0, 4, 8, 12, 16, 20, 24, afp.T3_VLAN_OFF, afp.T3_VLAN_OFF + 4]
+    assert got[22:] == [afp.TPACKET3_HDRLEN, afp.TPACKET_V2, afp.TPACKET_V3,
+                        afp.TP_STATUS_CSUMNOTREADY]
+
+
+def test_ring_mode_argument():
+    require_root()
+    with netns("afpr") as a:
+        with in_netns(a):
+            with pytest.raises(OSError) as ei:
+                AfPacketDevice("lo", ring="v1")
+            assert ei.value.errno == errno.EINVAL
+            dev = AfPacketDevice("lo")
+        try:
+            assert dev.ring == "v2"                     # the default: per-frame wake-ups
+            assert not dev.poll_ready() and dev.receive([], 4) == 0    # not attached
+        finally:
+            dev.close()
+
+
+def test_ring_geometry(afp_env):
+    dev = afp_env.dev
+    mm_size = len(dev._mm)
+    if dev.ring == "v2":
+        # 2 KiB frame slots (>= 80 + 1500 + 22), contiguous, at least rx_frames of them
+        assert dev._frame_size == 2048 and dev._frame_nr >= 2048
+        assert mm_size == dev._frame_nr * dev._frame_size
+        assert (dev._idx_first, dev._idx_step) == (0, 2048 // 4)
+    else:
+        # 16 KiB blocks of 8 slots; the status word of block k is u32 k * 4096 + 2
+        assert dev._block_size == 16384 and mm_size == dev._block_nr * 16384
+        assert (dev._idx_first, dev._idx_step) == (2, 16384 // 4)
+    assert dev._idx_end == mm_size // 4 and dev._idx == dev._idx_first
+    assert not dev.poll_ready()
+
+
+def _ready_within(dev: AfPacketDevice, timeout: float = 2.0) -> bool:
+    return wait_until(dev.poll_ready, timeout)
+
+
+class _NoPoll:
+    """Stands in for the select.poll object: a non-blocking receive() must never get there."""
+
+    def poll(self, *args):
+        raise AssertionError("receive(timeout=0) made a poll() syscall")
+
+
+def test_poll_ready_and_nonblocking_receive(afp_env):
+    env = afp_env
+    dev = env.dev
+    batch: list[PacketBuffer] = []
+    real_poller = dev._poller
+    dev._poller = _NoPoll()
+    try:
+        # empty ring: False/0, immediately, without poll() (v2: one mmap status-word read)
+        assert not dev.poll_ready()
+        t0 = time.perf_counter_ns()
+        for _ in range(20000):
+            assert dev.receive(batch, 16) == 0              # timeout defaults to 0
+        per_call = (time.perf_counter_ns() - t0) / 20000
+        assert dev.receive(batch, 16, 0) == 0 and dev.receive(batch, 16, -1) == 0
+        assert per_call < 20_000, per_call                 # ~150 ns here; no syscall, no sleep
+        with udp_socket(env.ns_peer, PEER_IP) as s:
+            for i in range(3):
+                s.sendto(b"bp%d" % i, (DEV_IP, PORT))
+        assert _ready_within(dev)                          # v3: once the block is retired
+        got = []
+        deadline = time.monotonic() + 2
+        while len(got) < 3 and time.monotonic() < deadline:
+            n = dev.receive(got, 2, 0)                     # limit respected
+            assert n <= 2
+        assert [parse_udp(frame_of(b))[1] for b in got] == [b"bp0", b"bp1", b"bp2"]
+        for b in got:
+            b.release()
+        assert not dev.poll_ready() and dev.receive(batch, 16, 0) == 0
+    finally:
+        dev._poller = real_poller
+    print(f"\n{dev.ring}: empty receive(timeout=0) {per_call:.0f} ns per call")
+    dev.detach()
+    assert not dev.poll_ready() and dev.receive(batch, 16, 0) == 0
+
+
+def test_busy_poll_never_waits_for_the_ring_lock(afp_env):
+    env = afp_env
+    dev = env.dev
+    with udp_socket(env.ns_peer, PEER_IP) as s:
+        s.sendto(b"locked", (DEV_IP, PORT))
+    assert _ready_within(dev)
+    batch: list[PacketBuffer] = []
+    assert dev._rx_lock.acquire(False)          # as if another thread were walking the ring
+    try:
+        t0 = time.monotonic()
+        assert dev.poll_ready()
+        assert dev.receive(batch, 16, 0) == 0   # try-lock failed: 0 at once, nothing lost
+        assert time.monotonic() - t0 < 0.1
+    finally:
+        dev._rx_lock.release()
+    assert dev.receive(batch, 16, 0) == 1 and parse_udp(frame_of(batch[0]))[1] == b"locked"
+    batch[0].release()
+
+
+def test_blocked_receiver_does_not_hold_the_ring_lock(afp_env):
+    """A receive() sleeping in poll() leaves the ring to busy pollers; whoever wins takes the
+    frame, exactly once, and the sleeper goes back to sleep if a poller took it."""
+    env = afp_env
+    dev = env.dev
+    results: list[PacketBuffer] = []
+
+    def sleeper():
+        batch: list[PacketBuffer] = []
+        dev.receive(batch, 16, 0.4)
+        results.extend(batch)
+
+    th = threading.Thread(target=sleeper, daemon=True)
+    th.start()
+    time.sleep(0.1)
+    assert th.is_alive()
+    assert dev._rx_lock.acquire(False), "the sleeping receiver holds the ring lock"
+    dev._rx_lock.release()
+    with udp_socket(env.ns_peer, PEER_IP) as s:
+        s.sendto(b"race", (DEV_IP, PORT))
+    polled: list[PacketBuffer] = []
+    deadline = time.monotonic() + 2
+    while not polled and th.is_alive() and time.monotonic() < deadline:
+        dev.receive(polled, 16, 0)
+    th.join(2)
+    assert not th.is_alive()
+    got = polled + results
+    assert [parse_udp(frame_of(b))[1] for b in got] == [b"race"]
+    for b in got:
+        b.release()
+
+
+def _count_consumers(dev: AfPacketDevice, ns_peer: Namespace, total: int, limit: int):
+    """An RX thread (receive with a timeout) and a busy poller (receive(0)) consume the same
+    ring while the main thread sends *total* numbered datagrams in paced bursts."""
+    seen: dict[str, list[int]] = {"rx": [], "poll": []}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def consume(who: str, timeout: float):
+        batch: list[PacketBuffer] = []
+        out = seen[who]
+        try:
+            while not stop.is_set():
+                if dev.receive(batch, limit, timeout):
+                    for b in batch:
+                        parsed = parse_udp(frame_of(b))
+                        if parsed is not None and parsed[0] == PORT:
+                            out.append(struct.unpack("!I", parsed[1][:4])[0])
+                        b.release()
+                    batch.clear()
+                elif timeout == 0:
+                    time.sleep(0)                        # let the others have the GIL
+        except BaseException as exc:                     # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=consume, args=("rx", 0.05), daemon=True),
+               threading.Thread(target=consume, args=("poll", 0), daemon=True)]
+    for th in threads:
+        th.start()
+    try:
+        with udp_socket(ns_peer, PEER_IP) as s:
+            for i in range(total):
+                s.sendto(struct.pack("!I", i), (DEV_IP, PORT))
+                if i % 200 == 199:                       # pace: never fill the ring
+                    deadline = time.monotonic() + 2
+                    while len(seen["rx"]) + len(seen["poll"]) < i - 400 and \
+                            time.monotonic() < deadline:
+                        time.sleep(0.001)
+        deadline = time.monotonic() + 5
+        while len(seen["rx"]) + len(seen["poll"]) < total and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)                                 # a duplicate would show up now
+    finally:
+        stop.set()
+        dev.wake()
+        for th in threads:
+            th.join(2)
+    assert not errors, errors
+    return seen
+
+
+@pytest.mark.parametrize("ring", RINGS)
+def test_concurrent_rx_thread_and_busy_poller_lose_and_duplicate_nothing(ring):
+    total = 5000
+    with afp_setup(pool_size=256, ring=ring) as env:
+        seen = _count_consumers(env.dev, env.ns_peer, total, limit=4)
+        everything = seen["rx"] + seen["poll"]
+        _, drops, _ = env.dev.read_kernel_stats()
+        assert drops == 0 and env.dev.stats.rx_nomem == 0
+        assert len(everything) == total, (len(seen["rx"]), len(seen["poll"]))
+        assert sorted(everything) == list(range(total))   # no loss, no duplicate
+        for who in ("rx", "poll"):                        # each walk is in ring order
+            assert seen[who] == sorted(seen[who])
+        assert seen["poll"], "the busy poller never won the ring"
+        print(f"\n{ring}: RX thread took {len(seen['rx'])}, busy poller {len(seen['poll'])}")
+        assert env.pool.free == env.pool.total
+
+
+def test_detach_while_busy_polling_and_blocked(afp_env):
+    env = afp_env
+    dev = env.dev
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def spin():
+        batch: list[PacketBuffer] = []
+        try:
+            while not stop.is_set():
+                dev.poll_ready()
+                dev.receive(batch, 16, 0)
+                for b in batch:
+                    b.release()
+                batch.clear()
+        except BaseException as exc:
+            errors.append(exc)
+
+    pollers = [threading.Thread(target=spin, daemon=True) for _ in range(2)]
+    for th in pollers:
+        th.start()
+    blocked, res = _blocked_receive(dev)
+    with udp_socket(env.ns_peer, PEER_IP) as s:
+        for i in range(50):
+            s.sendto(b"d%d" % i, (DEV_IP, PORT))
+    time.sleep(0.02)
+    dev.detach()
+    blocked.join(2)
+    assert not blocked.is_alive()
+    time.sleep(0.02)                      # pollers keep calling into the detached device
+    stop.set()
+    for th in pollers:
+        th.join(2)
+    assert not errors, errors
+    assert not dev.poll_ready() and dev.receive([], 16, 0) == 0
+    assert env.pool.free == env.pool.total
+
+
+# ------------------------------------------------------------------------------------------
+# (j) TX options, checksums of locally sent frames
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_transmit_qdisc_bypass_taps(bypass):
+    """Both ways the peer gets every frame (a tap there sees them); PACKET_QDISC_BYPASS also
+    skips the taps of the sending interface (dev_queue_xmit_nit): tcpdump there sees nothing."""
+    with afp_setup(qdisc_bypass=bypass) as env:
+        taps = []
+        for ns, ifname in ((env.ns_peer, env.peer_end.name), (env.ns_dev, env.dev_end.name)):
+            with in_netns(ns):
+                # ETH_P_ALL, as tcpdump: only those taps see outgoing frames
+                tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+            tap.bind((ifname, 0))
+            tap.settimeout(0.1)
+            taps.append(tap)
+        try:
+            frame = env.peer_end.mac + env.dev.mac + b"\x88\xb5" + bytes(50)
+            for _ in range(10):
+                env.dev.transmit(memoryview(frame))
+            counts = []
+            for tap in taps:
+                n = 0
+                try:
+                    while True:
+                        if tap.recv(2048) == frame:
+                            n += 1
+                except (TimeoutError, socket.timeout):
+                    pass
+                counts.append(n)
+        finally:
+            for tap in taps:
+                tap.close()
+        assert counts == [10, 0 if bypass else 10]
+        assert env.dev.stats.tx_errors == 0
+
+
+def _udp_checksum_ok(frame: bytes) -> bool:
+    ihl = (frame[14] & 0xF) * 4
+    l4 = 14 + ihl
+    ulen, csum = struct.unpack_from("!HH", frame, l4 + 4)
+    if csum == 0:
+        return True                                   # "no checksum" (RFC 768)
+    pseudo = frame[26:34] + struct.pack("!BBH", 0, 17, ulen)
+    return _csum(pseudo + frame[l4:l4 + ulen]) == 0
+
+
+def test_locally_sent_udp_has_no_bad_checksum(afp_env):
+    """The peer kernel leaves its UDP checksum to veth 'hardware' (TP_STATUS_CSUMNOTREADY): the
+    frame handed up must not carry the partial sum, or the stack would drop it."""
+    env = afp_env
+    with udp_socket(env.ns_peer, PEER_IP) as s:
+        for n in (0, 1, 33, 1472):
+            s.sendto((bytes(range(256)) * 6)[:n], (DEV_IP, PORT))
+    got = collect(env.dev, 4)
+    try:
+        assert [len(parse_udp(frame_of(b))[1]) for b in got] == [0, 1, 33, 1472]
+        assert all(_udp_checksum_ok(frame_of(b)) for b in got)
+    finally:
+        for b in got:
+            b.release()
 
 
 # ------------------------------------------------------------------------------------------

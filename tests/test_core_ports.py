@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import threading
 import socket as pysocket
 import struct
 import time
@@ -107,7 +108,8 @@ def test_open_port(stacks):
 # -- disable_port --------------------------------------------------------------------------------
 def test_disable_port_waits_for_inflight_tx_then_fails_senders_and_wakes_receivers(
         make_pair, tx_gate):
-    p = make_pair(poolsz=2)
+    # the TX-thread model: a frame held inside the device by the TX thread, one in the qdisc
+    p = make_pair(poolsz=2, tx_direct=False)
     sa, sb = p.solicited_pair()
     ra = p.udp(p.A, (A_IP, 7000))
     raw = p.A.socket(AF_PACKET, SOCK_RAW | SOCK_OOB, pysocket.htons(ETH_P_ALL))
@@ -255,9 +257,37 @@ def test_format_query():
         st.format_query("Z")
 
 
+def test_direct_tx_runs_in_the_sender_and_queues_behind_a_busy_device(make_pair, tx_gate):
+    """Run-to-completion TX: an empty FIFO is bypassed by the sender's own thread; while that
+    transmit holds the device, the next frame goes through the qdisc and the TX thread, in order,
+    and disable_port waits for the sender's in-flight frame too."""
+    p = make_pair(poolsz=4)
+    assert p.pa.direct_tx
+    sa, sb = p.solicited_pair()
+    gate = tx_gate(p.link.a)
+    first = Runner(sa.oob_sendmsg, [b"first"], address=(B_IP, 6000))
+    first.start()
+    assert gate.entered.wait(5)
+    tx_thread_names = {t.name for t in threading.enumerate()}
+    assert first.is_alive()                          # the sender itself is inside the device
+    assert sa.oob_sendmsg([b"second"], address=(B_IP, 6000)) == 6   # queued: returns at once
+    assert len(p.pa.qdisc) == 1
+    disabler = Runner(p.A.disable_port, p.pa)
+    disabler.start()
+    assert wait_until(lambda: not p.pa.enabled)
+    assert disabler.is_alive()                       # waits for both in-flight frames
+    gate.open()
+    first.finish()
+    disabler.finish()
+    assert first.error is None and disabler.error is None
+    got = [sb.oob_recvmsg(100, timeout=5)[0] for _ in range(2)]
+    assert got == [b"first", b"second"]
+    assert f"{p.link.a.name}.tx" in tx_thread_names
+
+
 # -- the TX pool ---------------------------------------------------------------------------------
 def test_pool_exhaustion_dontwait_timeout_and_wait_for_buffer(make_pair, tx_gate):
-    p = make_pair(poolsz=2)
+    p = make_pair(poolsz=2, tx_direct=False)      # frames wait in the TX thread, not the caller
     sa, sb = p.solicited_pair()
     assert wait_until(lambda: p.A.get_stats(p.pa).skb_free == 2)
     gate = tx_gate(p.link.a)

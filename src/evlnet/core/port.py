@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 
 from ..constants import EVL_SOF_TIMESTAMP_DEVICE, EVL_SOF_TIMESTAMP_QUEUING, EVL_SOF_TIMESTAMP_TX
 from ..errors import oserror
+from _thread import allocate_lock
+
+from ..drivers.base import Device
 from .buffers import BufferPool, Doorbell, PacketBuffer
 from .interface import Interface
 from .qdisc import make_qdisc
@@ -61,6 +64,14 @@ class Port:
         self.reassembler = None   # set by the stack (IPv4 reassembly state of this port)
         self._tx_bell = Doorbell()
         self._tx_busy = False
+        # Run-to-completion: a sender transmits in its own thread when the qdisc is empty and
+        # can be bypassed (Linux: TCQ_F_CAN_BYPASS); the lock serialises device transmits.
+        self._tx_lock = allocate_lock()
+        self.direct_tx = stack.settings.tx_direct and getattr(self.qdisc, "can_bypass", False)
+        # One consumer of the device at a time: the RX thread or a busy-polling receiver.
+        self._rx_lock = allocate_lock()
+        self._poll_batch: list[PacketBuffer] = []
+        self.busy_poll_capable = type(self.device).wait_ready is not Device.wait_ready
         self.enabled = True          # False once disable starts: senders get ENETDOWN
         self.link_up = self.device.is_up()
         self._running = True
@@ -108,14 +119,28 @@ class Port:
         return self.tx_pool.take_wait(deadline_ns)
 
     def transmit(self, buf: PacketBuffer) -> None:
-        """Queue a built frame for the TX thread (stamps queuing_time when asked)."""
+        """Hand a built frame to the qdisc (stamping queuing_time when asked).
+
+        When the qdisc is empty and bypassable and no transmit is in progress, the frame goes
+        straight to the device from the caller's thread (run-to-completion); otherwise the TX
+        thread sends it. Either way the frame passes the queuing point, then the device point.
+        """
         if not self.enabled or not self.link_up:
             buf.release()
             self.counters.tx_dropped_down += 1
             raise oserror(errno.ENETDOWN, f"port {self.name} is down")
         if buf.tsflags & _TXQ == _TXQ:
             buf.queuing_time = _now()
-        if not self.qdisc.enqueue(buf):
+        qdisc = self.qdisc
+        if self.direct_tx and not len(qdisc) and self._tx_lock.acquire(False):
+            try:
+                self._xmit(buf)
+            finally:
+                self._tx_lock.release()
+            if len(qdisc):                    # others queued while we held the device
+                self._tx_bell.ring()
+            return
+        if not qdisc.enqueue(buf):
             self.counters.tx_qdisc_drops += 1
             buf.release()
             raise oserror(errno.ENOBUFS, f"qdisc of {self.name} is full")
@@ -134,7 +159,8 @@ class Port:
                 wait()
                 continue
             self._tx_busy = True
-            xmit(buf)
+            with self._tx_lock:
+                xmit(buf)
 
     def _xmit(self, buf: PacketBuffer) -> None:
         ts = buf.tsflags
@@ -160,33 +186,67 @@ class Port:
     def _rx_loop(self) -> None:
         batch: list[PacketBuffer] = []
         device = self.device
-        counters = self.counters
-        ethernet_input = self.stack.ethernet_input
         housekeeping = self.stack.housekeeping
+        rx_lock = self._rx_lock
+        process = self._process_batch
+        busy_poll = self.busy_poll_capable
         next_tick = _now() + int(RX_IDLE_TICK * 1e9)
         while self._running:
             try:
-                n = device.receive(batch, RX_BATCH, RX_IDLE_TICK)
+                if busy_poll:
+                    # Wait without holding the consumer lock, so busy-polling receivers are
+                    # never blocked by this thread's sleep; then consume under the lock so
+                    # frames keep their order whoever processes them.
+                    device.wait_ready(RX_IDLE_TICK)
+                    with rx_lock:
+                        if device.receive(batch, RX_BATCH, 0):
+                            process(batch)
+                elif device.receive(batch, RX_BATCH, RX_IDLE_TICK):
+                    process(batch)
             except OSError as exc:  # device gone or down: wait for the link state to settle
                 log.debug("%s: receive failed: %s", self.name, exc)
+                batch.clear()
                 time.sleep(0.05)
                 continue
-            if n:
-                for buf in batch:
-                    buf.queuing_time = _now()
-                    buf.port = self
-                    counters.rx_packets += 1
-                    counters.rx_bytes += buf.end - buf.start
-                    try:
-                        ethernet_input(self, buf)
-                    except Exception:   # a faulty (custom) protocol must not kill the port
-                        counters.rx_errors += 1   # the buffer is not released: owner unknown
-                        log.exception("%s: protocol input failed", self.name)
-                batch.clear()
             now = _now()
             if now >= next_tick:
                 next_tick = now + int(RX_IDLE_TICK * 1e9)
-                housekeeping(self, now)
+                with rx_lock:
+                    housekeeping(self, now)
+
+    def _process_batch(self, batch: list[PacketBuffer]) -> None:
+        """Protocol input for received frames (RX thread or busy poller, under the RX lock)."""
+        counters = self.counters
+        ethernet_input = self.stack.ethernet_input
+        for buf in batch:
+            buf.queuing_time = _now()
+            buf.port = self
+            counters.rx_packets += 1
+            counters.rx_bytes += buf.end - buf.start
+            try:
+                ethernet_input(self, buf)
+            except Exception:   # a faulty (custom) protocol must not kill the port
+                counters.rx_errors += 1   # the buffer is not released: owner unknown
+                log.exception("%s: protocol input failed", self.name)
+        batch.clear()
+
+    def poll_rx(self) -> int:
+        """Busy poll (Linux SO_BUSY_POLL): process what the device has ready, from the calling
+        thread, without blocking. Returns the number of frames processed (0 if the RX thread
+        or another poller is consuming right now)."""
+        if not self._running or not self._rx_lock.acquire(False):
+            return 0
+        try:
+            batch = self._poll_batch
+            n = self.device.receive(batch, RX_BATCH, 0)
+            if n:
+                self._process_batch(batch)
+            return n
+        except OSError:
+            self._poll_batch.clear()
+            return 0
+        finally:
+            self._rx_lock.release()
 
     # -- link state ---------------------------------------------------------------------------
     def _link_changed(self, up: bool | None) -> None:
@@ -209,7 +269,8 @@ class Port:
         self.enabled = False
         deadline = time.monotonic() + drain_timeout
         # EVL waits for in-flight TX buffers to be transmitted before tearing down.
-        while (len(self.qdisc) or self._tx_busy) and time.monotonic() < deadline and self.link_up:
+        while ((len(self.qdisc) or self._tx_busy or self._tx_lock.locked())
+               and time.monotonic() < deadline and self.link_up):
             self._tx_bell.ring()
             time.sleep(0.001)
         self._running = False

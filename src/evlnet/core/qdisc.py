@@ -15,6 +15,8 @@ class Qdisc(ABC):
     """A queue of ready-to-send frames. ``enqueue`` may be called from any sender thread."""
 
     name: str = "?"
+    #: Work-conserving FIFO: a sender may transmit directly when it is empty (TCQ_F_CAN_BYPASS).
+    can_bypass: bool = False
 
     @abstractmethod
     def enqueue(self, buf: PacketBuffer) -> bool:
@@ -32,6 +34,7 @@ class FifoQdisc(Qdisc):
     """EVL's ``oob_fifo``: first in, first out, bounded by the pool it draws from."""
 
     name = "oob_fifo"
+    can_bypass = True
 
     def __init__(self, limit: int = 1 << 30) -> None:
         self._queue: deque[PacketBuffer] = deque()

@@ -56,6 +56,11 @@ class StackSettings:
     icmp_echo_ignore_all: bool = False
     icmp_echo_ignore_broadcasts: bool = True
     accept_multicast: bool = False
+    #: Run-to-completion TX: a sender transmits in its own thread when the FIFO is empty.
+    tx_direct: bool = True
+    #: Busy polling for receivers, in µs (Linux SO_BUSY_POLL; per socket with SO_BUSY_POLL):
+    #: a blocked oob_recvmsg polls the ports from its own thread this long before sleeping.
+    busy_poll_us: int = 0
     #: EVL's strict rule on Linux ports: accept nothing without an eBPF filter or a VLAN set.
     strict_diversion: bool = False
 

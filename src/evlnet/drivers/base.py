@@ -64,7 +64,9 @@ class Device(ABC):
     @abstractmethod
     def receive(self, batch: list[PacketBuffer], limit: int, timeout: float | None) -> int:
         """Append up to *limit* received frames to *batch*, waiting up to *timeout* seconds
-        (None: until a frame arrives or ``wake()``) for the first one. Returns how many were added.
+        (None: until a frame arrives or ``wake()``; 0: never wait) for the first one. Returns
+        how many were added. May be called from the port's RX thread and from busy-polling
+        receivers; the port serialises consumers.
 
         Each buffer holds the frame, Ethernet header included, in ``data[start:end]`` and carries
         ``device_time``: the CLOCK_MONOTONIC ns at which the device handed it over. A frame that
@@ -74,6 +76,11 @@ class Device(ABC):
     @abstractmethod
     def transmit(self, frame: memoryview) -> None:
         """Put one complete Ethernet frame on the wire. Raises OSError(ENETDOWN) when down."""
+
+    def wait_ready(self, timeout: float | None) -> None:
+        """Optional (enables busy polling): block until a frame may be ready, ``wake()`` or the
+        timeout, without consuming. Devices without it are only read by the RX thread."""
+        raise NotImplementedError
 
     @abstractmethod
     def wake(self) -> None:

@@ -77,9 +77,14 @@ class _Receiver(Device):
         self._rxq.append(buf)
         self._bell.ring()
 
+    def wait_ready(self, timeout: float | None) -> None:
+        """Block until a frame may be ready (or ``wake()``), without consuming anything."""
+        if not self._rxq:
+            self._bell.wait(timeout)
+
     def receive(self, batch: list[PacketBuffer], limit: int, timeout: float | None) -> int:
         rxq = self._rxq
-        if not rxq:
+        if not rxq and timeout != 0:
             self._bell.wait(timeout)
         n = 0
         while n < limit:
