@@ -28,10 +28,12 @@ class Doorbell:
         self._lock.acquire()
 
     def ring(self) -> None:
-        try:
-            self._lock.release()
-        except RuntimeError:  # already rung and not yet taken: coalesce
-            pass
+        lock = self._lock
+        if lock.locked():     # cheap check first: raising on an already-rung bell costs ~1 us
+            try:
+                lock.release()
+            except RuntimeError:  # rung by another thread meanwhile: coalesce
+                pass
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a ring; True if rung, False on timeout (``timeout`` in seconds, None = forever)."""

@@ -72,6 +72,14 @@ class Port:
         self._rx_lock = allocate_lock()
         self._poll_batch: list[PacketBuffer] = []
         self.busy_poll_capable = type(self.device).wait_ready is not Device.wait_ready
+        # While receivers busy-poll this port, the RX thread parks on a doorbell rather than
+        # waking on every frame to fight the poller for the GIL (Linux: SO_PREFER_BUSY_POLL with
+        # deferred interrupts); it resumes busy_poll_defer_us after the last poller left.
+        self._busy_pollers = 0
+        self._busy_lock = allocate_lock()
+        self._last_poll_exit = 0
+        self._rx_park = Doorbell()
+        self._poll_defer_ns = stack.settings.busy_poll_defer_us * 1000
         self.enabled = True          # False once disable starts: senders get ENETDOWN
         self.link_up = self.device.is_up()
         self._running = True
@@ -193,7 +201,10 @@ class Port:
         next_tick = _now() + int(RX_IDLE_TICK * 1e9)
         while self._running:
             try:
-                if busy_poll:
+                if busy_poll and (self._busy_pollers or
+                                  _now() - self._last_poll_exit < self._poll_defer_ns):
+                    self._rx_park.wait(self._poll_defer_ns / 1e9 or RX_IDLE_TICK)
+                elif busy_poll:
                     # Wait without holding the consumer lock, so busy-polling receivers are
                     # never blocked by this thread's sleep; then consume under the lock so
                     # frames keep their order whoever processes them.
@@ -229,6 +240,15 @@ class Port:
                 counters.rx_errors += 1   # the buffer is not released: owner unknown
                 log.exception("%s: protocol input failed", self.name)
         batch.clear()
+
+    def busy_poll_enter(self) -> None:
+        with self._busy_lock:
+            self._busy_pollers += 1
+
+    def busy_poll_exit(self) -> None:
+        with self._busy_lock:
+            self._busy_pollers -= 1
+            self._last_poll_exit = _now()
 
     def poll_rx(self) -> int:
         """Busy poll (Linux SO_BUSY_POLL): process what the device has ready, from the calling
@@ -281,6 +301,7 @@ class Port:
             self.counters.tx_dropped_down += 1
             buf.release()
         self.device.on_link_change = None
+        self._rx_park.ring()
         self.device.detach()
         self.device.wake()
         if threading.current_thread() is not self._rx_thread:

@@ -61,6 +61,8 @@ class StackSettings:
     #: Busy polling for receivers, in µs (Linux SO_BUSY_POLL; per socket with SO_BUSY_POLL):
     #: a blocked oob_recvmsg polls the ports from its own thread this long before sleeping.
     busy_poll_us: int = 0
+    #: How long a port's RX thread stays parked after the last busy poller left, in µs.
+    busy_poll_defer_us: int = 2000
     #: EVL's strict rule on Linux ports: accept nothing without an eBPF filter or a VLAN set.
     strict_diversion: bool = False
 

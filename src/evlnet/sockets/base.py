@@ -336,11 +336,17 @@ class OobSocket:
         if deadline is not None and deadline < end:
             end = deadline
         items = queue.items
-        while not items and not queue.error:
+        for port in ports:
+            port.busy_poll_enter()
+        try:
+            while not items and not queue.error:
+                for port in ports:
+                    port.poll_rx()
+                if items or _now() >= end:
+                    return
+        finally:
             for port in ports:
-                port.poll_rx()
-            if items or _now() >= end:
-                return
+                port.busy_poll_exit()
 
     # -- timestamps ---------------------------------------------------------------------------
     def _push_tx_timestamp(self, device: int, queuing: int, delivery: int) -> None:
