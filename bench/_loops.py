@@ -1,0 +1,298 @@
+"""The measured loops, one per data path, written the same way so that only the path differs.
+
+Every loop binds its callables to locals, keeps its buffers preallocated, checks the clock once
+per batch of ``BATCH`` operations (throughput) or once per round trip (latency), and is bounded in
+count and in time. RTT samples go into a preallocated ``array('q')`` and are turned into a
+histogram after the loop, so the histogram costs nothing inside the measured window.
+
+Paths: ``kernel_*`` (Python ``socket`` on kernel UDP sockets), ``evlnet_*`` (the public evlnet
+socket API: ``oob_sendmsg`` / ``oob_recvmsg_into``), ``raw_*`` (AF_PACKET ``send``/``recv_into``
+of prebuilt frames).
+"""
+from __future__ import annotations
+
+import struct
+import time
+
+from _frames import PAYLOAD_OFF
+
+now_ns = time.perf_counter_ns      # CLOCK_MONOTONIC on Linux
+SEQ = struct.Struct("<Q")
+BATCH = 64
+#: a reply later than this counts as lost
+RTT_TIMEOUT = 1.0
+#: receive timeout of the throughput loops (how late a window may end when traffic stops)
+RX_POLL = 0.1
+
+
+# ------------------------------------------------------------------------------------------
+# round trips: returns (samples recorded, lost, last sequence number)
+# ------------------------------------------------------------------------------------------
+
+def kernel_rtt(sock, peer, payload: bytearray, rbuf: bytearray, samples, n: int, seq: int,
+               deadline_ns: int) -> tuple[int, int, int]:
+    """*sock* is a blocking kernel UDP socket with SO_RCVTIMEO = RTT_TIMEOUT."""
+    send = sock.sendto
+    recv = sock.recv_into
+    pack = SEQ.pack_into
+    unpack = SEQ.unpack_from
+    now = now_ns
+    got = lost = 0
+    for _ in range(n):
+        seq += 1
+        pack(payload, 0, seq)
+        t0 = now()
+        send(payload, peer)
+        while True:
+            try:
+                recv(rbuf)
+            except (BlockingIOError, TimeoutError):
+                lost += 1
+                break
+            if unpack(rbuf, 0)[0] == seq:      # else a late reply to an earlier probe
+                samples[got] = now() - t0
+                got += 1
+                break
+        if t0 > deadline_ns:
+            break
+    return got, lost, seq
+
+
+def evlnet_rtt(sock, peer, payload: bytearray, rbuf: bytearray, samples, n: int, seq: int,
+               deadline_ns: int) -> tuple[int, int, int]:
+    send = sock.oob_sendmsg
+    recv = sock.oob_recvmsg_into
+    sbufs = [payload]
+    rbufs = [rbuf]
+    pack = SEQ.pack_into
+    unpack = SEQ.unpack_from
+    now = now_ns
+    timeout = RTT_TIMEOUT
+    got = lost = 0
+    for _ in range(n):
+        seq += 1
+        pack(payload, 0, seq)
+        t0 = now()
+        send(sbufs, address=peer)
+        while True:
+            try:
+                recv(rbufs, timeout=timeout)
+            except (BlockingIOError, TimeoutError):
+                lost += 1
+                break
+            if unpack(rbuf, 0)[0] == seq:
+                samples[got] = now() - t0
+                got += 1
+                break
+        if t0 > deadline_ns:
+            break
+    return got, lost, seq
+
+
+def raw_rtt(sock, frame: bytearray, rbuf: bytearray, samples, n: int, seq: int,
+            deadline_ns: int) -> tuple[int, int, int]:
+    """*sock*: AF_PACKET socket whose BPF filter passes only the echoes; SO_RCVTIMEO set."""
+    send = sock.send
+    recv = sock.recv_into
+    pack = SEQ.pack_into
+    unpack = SEQ.unpack_from
+    now = now_ns
+    off = PAYLOAD_OFF
+    got = lost = 0
+    for _ in range(n):
+        seq += 1
+        pack(frame, off, seq)
+        t0 = now()
+        send(frame)
+        while True:
+            try:
+                recv(rbuf)
+            except (BlockingIOError, TimeoutError):
+                lost += 1
+                break
+            if unpack(rbuf, off)[0] == seq:
+                samples[got] = now() - t0
+                got += 1
+                break
+        if t0 > deadline_ns:
+            break
+    return got, lost, seq
+
+
+# ------------------------------------------------------------------------------------------
+# transmit as fast as possible for `seconds`: returns (sent, errors, elapsed ns)
+# ------------------------------------------------------------------------------------------
+
+def kernel_tx(sock, peer, payload, seconds: float) -> tuple[int, int, int]:
+    send = sock.sendto
+    now = now_ns
+    sent = errors = 0
+    t0 = now()
+    end = t0 + int(seconds * 1e9)
+    batch = range(BATCH)
+    while True:
+        for _ in batch:
+            try:
+                send(payload, peer)
+            except OSError:
+                errors += 1
+        sent += BATCH
+        if now() >= end:
+            break
+    return sent - errors, errors, now() - t0
+
+
+def evlnet_tx(sock, peer, payload, seconds: float) -> tuple[int, int, int]:
+    send = sock.oob_sendmsg
+    sbufs = [payload]
+    now = now_ns
+    sent = errors = 0
+    t0 = now()
+    end = t0 + int(seconds * 1e9)
+    batch = range(BATCH)
+    while True:
+        for _ in batch:
+            try:
+                send(sbufs, address=peer)
+            except OSError:
+                errors += 1
+        sent += BATCH
+        if now() >= end:
+            break
+    return sent - errors, errors, now() - t0
+
+
+def raw_tx(sock, frame, seconds: float) -> tuple[int, int, int]:
+    send = sock.send
+    now = now_ns
+    sent = errors = 0
+    t0 = now()
+    end = t0 + int(seconds * 1e9)
+    batch = range(BATCH)
+    while True:
+        for _ in batch:
+            try:
+                send(frame)
+            except OSError:
+                errors += 1
+        sent += BATCH
+        if now() >= end:
+            break
+    return sent - errors, errors, now() - t0
+
+
+# ------------------------------------------------------------------------------------------
+# receive for `seconds`: returns (received, elapsed ns)
+# ------------------------------------------------------------------------------------------
+
+def kernel_rx(sock, rbuf, seconds: float) -> tuple[int, int]:
+    """Kernel UDP socket or AF_PACKET socket, blocking with SO_RCVTIMEO = RX_POLL."""
+    recv = sock.recv_into
+    now = now_ns
+    count = 0
+    t0 = now()
+    end = t0 + int(seconds * 1e9)
+    batch = range(BATCH)
+    while True:
+        for _ in batch:
+            try:
+                recv(rbuf)
+            except (BlockingIOError, TimeoutError):
+                break
+            count += 1
+        if now() >= end:
+            break
+    return count, now() - t0
+
+
+raw_rx = kernel_rx
+
+
+def evlnet_rx(sock, rbuf, seconds: float) -> tuple[int, int]:
+    recv = sock.oob_recvmsg_into
+    rbufs = [rbuf]
+    timeout = RX_POLL
+    now = now_ns
+    count = 0
+    t0 = now()
+    end = t0 + int(seconds * 1e9)
+    batch = range(BATCH)
+    while True:
+        for _ in batch:
+            try:
+                recv(rbufs, timeout=timeout)
+            except (BlockingIOError, TimeoutError):
+                break
+            count += 1
+        if now() >= end:
+            break
+    return count, now() - t0
+
+
+# ------------------------------------------------------------------------------------------
+# echo servers (run in a thread until `stop` is set)
+# ------------------------------------------------------------------------------------------
+
+def kernel_echo(sock, stop) -> int:
+    """Blocking kernel UDP socket with SO_RCVTIMEO (so *stop* is polled)."""
+    buf = bytearray(2048)
+    mv = memoryview(buf)
+    recv = sock.recvfrom_into
+    send = sock.sendto
+    n_echoed = 0
+    while not stop.is_set():
+        try:
+            n, addr = recv(buf)
+        except (BlockingIOError, TimeoutError):
+            continue
+        except OSError:
+            if stop.is_set():
+                break
+            raise
+        send(mv[:n], addr)
+        n_echoed += 1
+    return n_echoed
+
+
+def evlnet_echo(sock, stop) -> int:
+    buf = bytearray(2048)
+    mv = memoryview(buf)
+    rbufs = [buf]
+    recv = sock.oob_recvmsg_into
+    send = sock.oob_sendmsg
+    n_echoed = 0
+    while not stop.is_set():
+        try:
+            n, _, _, addr = recv(rbufs, timeout=0.2)
+        except (BlockingIOError, TimeoutError):
+            continue
+        except OSError:
+            if stop.is_set():
+                break
+            raise
+        send([mv[:n]], address=addr)
+        n_echoed += 1
+    return n_echoed
+
+
+def raw_echo(sock, stop) -> int:
+    """AF_PACKET socket with a BPF filter passing only the probes; swaps MACs/IPs/ports."""
+    from _frames import swap_udp_reply
+    buf = bytearray(2048)
+    mv = memoryview(buf)
+    recv = sock.recv_into
+    send = sock.send
+    n_echoed = 0
+    while not stop.is_set():
+        try:
+            n = recv(buf)
+        except (BlockingIOError, TimeoutError):
+            continue
+        except OSError:
+            if stop.is_set():
+                break
+            raise
+        swap_udp_reply(buf, n)
+        send(mv[:n])
+        n_echoed += 1
+    return n_echoed

@@ -1,0 +1,396 @@
+"""The results of one bench/run.py run: the table (text and Markdown), RESULTS.md and rtt.png."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+IMPLS = ("evlnet", "kernel", "raw", "scapy")
+COLUMNS = ("metric", "evlnet", "kernel", "evlnet/kernel", "target", "verdict",
+           "raw AF_PACKET", "scapy")
+MIB = 1024 * 1024
+
+#: RTT percentiles shown, (label, percentile or "max")
+RTT_POINTS = (("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9), ("max", "max"))
+#: targets (printed next to the ratios, never asserted)
+TARGET_RTT = 0.5          # evlnet p50/p99 <= 0.5 x kernel
+TARGET_RATE = 1.0         # evlnet RX/TX >= 1.0 x kernel
+TARGET_ALLOC = 0.0        # bytes allocated per packet in steady state
+TARGET_RSS_SLACK_MIB = 30.0
+
+
+@dataclass
+class Results:
+    """Everything one run measured; ``na`` maps (part, impl) or impl to the reason it is n/a."""
+
+    rtt: dict = field(default_factory=lambda: {"idle": {}, "burner": {}})
+    rx: dict = field(default_factory=dict)
+    tx: dict = field(default_factory=dict)
+    alloc: dict = field(default_factory=dict)
+    mem: dict = field(default_factory=dict)
+    na: dict = field(default_factory=dict)
+    virtual: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def set_na(self, key, reason: str) -> None:
+        self.na.setdefault(key, reason)
+
+    def reason(self, part: str, impl: str) -> str | None:
+        return self.na.get((part, impl)) or self.na.get(impl) or self.na.get(part)
+
+    # -- JSON -----------------------------------------------------------------------------
+    def as_json(self) -> dict:
+        def rtt_json(d):
+            return {impl: {k: (v.encode().decode() if k == "hist" else v) for k, v in r.items()}
+                    | rtt_summary(r) for impl, r in d.items()}
+        virt = dict(self.virtual)
+        if "rtt" in virt:
+            virt["rtt"] = rtt_json({"evlnet": virt["rtt"]})["evlnet"]
+        return {"params": self.params, "rtt": {ph: rtt_json(d) for ph, d in self.rtt.items()},
+                "rx": self.rx, "tx": self.tx, "alloc": self.alloc, "mem": self.mem,
+                "virtual": virt, "na": {(k if isinstance(k, str) else "/".join(k)): v
+                                        for k, v in self.na.items()},
+                "notes": self.notes}
+
+
+def rtt_value(r: dict, point) -> float | None:
+    h = r.get("hist")
+    if h is None or h.get_total_count() == 0:
+        return None
+    ns = h.get_max_value() if point == "max" else h.get_value_at_percentile(point)
+    return ns / 1000.0
+
+
+def rtt_summary(r: dict) -> dict:
+    return {f"{label}_us": rtt_value(r, p) for label, p in RTT_POINTS}
+
+
+# ------------------------------------------------------------------------------------------
+# formatting
+# ------------------------------------------------------------------------------------------
+
+def fmt_us(v: float) -> str:
+    return f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
+
+
+def fmt_rate(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def fmt_mib(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def fmt_bytes(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:,.0f}"
+
+
+class Footnotes:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def ref(self, reason: str) -> str:
+        if reason not in self.items:
+            self.items.append(reason)
+        return f"n/a [{self.items.index(reason) + 1}]"
+
+
+def _rate(d: dict | None, key: str) -> float | None:
+    if not d or not d.get("elapsed"):
+        return None
+    return d[key] / d["elapsed"]
+
+
+def build_rows(res: Results) -> tuple[list[list[str]], list[str]]:
+    """The table: rows of cells (strings, COLUMNS order) and the footnotes they refer to."""
+    notes = Footnotes()
+    rows: list[list[str]] = []
+
+    def cell(part: str, impl: str, value: float | None, fmt, measured: bool = True) -> str:
+        if not measured:
+            return "-"
+        if value is not None:
+            return fmt(value)
+        return notes.ref(res.reason(part, impl) or f"{impl}: not measured in this run")
+
+    def add(metric, part, values: dict, fmt, ratio: str | None = None, target=None,
+            target_text: str = "", verdict_fn=None, measured=("evlnet", "kernel", "raw", "scapy")):
+        e, k = values.get("evlnet"), values.get("kernel")
+        ratio_text = ""
+        verdict = ""
+        if ratio:
+            if e is not None and k:
+                r = e / k
+                ratio_text = f"{r:.2f}x"
+                ok = r <= target if ratio == "le" else r >= target
+                verdict = "PASS" if ok else "MISS"
+            else:
+                ratio_text = "n/a"
+                verdict = "n/a"
+        elif verdict_fn is not None:
+            verdict = "n/a" if e is None else ("PASS" if verdict_fn(e) else "MISS")
+        rows.append([
+            metric,
+            cell(part, "evlnet", e, fmt, "evlnet" in measured),
+            cell(part, "kernel", k, fmt, "kernel" in measured),
+            ratio_text, target_text, verdict,
+            cell(part, "raw", values.get("raw"), fmt, "raw" in measured),
+            cell(part, "scapy", values.get("scapy"), fmt, "scapy" in measured),
+        ])
+
+    for phase, suffix, part in (("idle", "", "rtt"), ("burner", " +burner", "rtt_burner")):
+        data = res.rtt[phase]
+        measured = ("evlnet", "kernel", "raw", "scapy") if phase == "idle" else \
+            ("evlnet", "kernel", "raw")
+        for label, point in RTT_POINTS:
+            vals = {i: rtt_value(data[i], point) for i in IMPLS if i in data}
+            if label in ("p50", "p99"):
+                add(f"RTT {label}{suffix} (us)", part, vals, fmt_us, "le", TARGET_RTT,
+                    f"<= {TARGET_RTT}x", measured=measured)
+            else:
+                add(f"RTT {label}{suffix} (us)", part, vals, fmt_us, measured=measured)
+        def count_cell(i: str) -> str:
+            if i in data:
+                return f"{data[i]['n']:,} ({data[i]['lost']})"
+            if i not in measured:
+                return "-"
+            return notes.ref(res.reason(part, i) or f"{i}: not measured in this run")
+
+        rows.append([f"RTT round trips{suffix} (lost)", count_cell("evlnet"),
+                     count_cell("kernel"), "", "", "", count_cell("raw"), count_cell("scapy")])
+
+    add("RX delivered (dgram/s)", "rx", {i: _rate(res.rx.get(i), "received") for i in IMPLS},
+        fmt_rate, "ge", TARGET_RATE, f">= {TARGET_RATE}x")
+    add("RX offered (pkt/s)", "rx", {i: _rate(res.rx.get(i), "offered") for i in IMPLS},
+        fmt_rate)
+    add("TX onto wire (dgram/s)", "tx", {i: _rate(res.tx.get(i), "delivered") for i in IMPLS},
+        fmt_rate, "ge", TARGET_RATE, f">= {TARGET_RATE}x")
+    add("alloc/packet (B)", "alloc",
+        {i: res.alloc[i].get("bytes_per_packet") for i in IMPLS if i in res.alloc},
+        fmt_bytes, target_text="0 B", verdict_fn=lambda v: round(v) <= TARGET_ALLOC,
+        measured=("evlnet", "kernel", "raw"))
+    rss = {i: res.mem[i]["rss_kib"] / 1024 for i in IMPLS if i in res.mem}
+    add("RSS (MiB)", "mem", rss, fmt_mib, measured=("evlnet", "kernel", "raw"))
+    pool = res.mem.get("evlnet", {}).get("pool_bytes")
+    add("TX pool poolsz x bufsz (MiB)", "mem",
+        {"evlnet": pool / MIB if pool is not None else None}, fmt_mib, measured=("evlnet",))
+    add("RSS - pool (MiB)", "mem",
+        {"evlnet": rss["evlnet"] - pool / MIB if "evlnet" in rss and pool is not None else None},
+        fmt_mib, target_text=f"<= {TARGET_RSS_SLACK_MIB:g} MiB",
+        verdict_fn=lambda v: v <= TARGET_RSS_SLACK_MIB, measured=("evlnet",))
+    return rows, notes.items
+
+
+def render_text(rows: list[list[str]], header=COLUMNS) -> str:
+    widths = [max(len(str(r[i])) for r in [list(header)] + rows) for i in range(len(header))]
+
+    def line(cells):
+        out = []
+        for i, c in enumerate(cells):
+            out.append(str(c).ljust(widths[i]) if i == 0 else str(c).rjust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def render_markdown(rows: list[list[str]], header=COLUMNS) -> str:
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+def virtual_rows(res: Results) -> list[list[str]]:
+    v = res.virtual
+    rows = []
+    r = v.get("rtt")
+    if r:
+        for label, p in RTT_POINTS:
+            val = rtt_value(r, p)
+            rows.append([f"RTT {label} (us)", fmt_us(val) if val is not None else "n/a"])
+        rows.append(["RTT round trips (lost)", f"{r['n']:,} ({r['lost']})"])
+    a = v.get("alloc")
+    if a and a.get("bytes_per_packet") is not None:
+        rows.append(["alloc/packet (B)", fmt_bytes(a["bytes_per_packet"])])
+    m = v.get("mem")
+    if m:
+        rows.append(["RSS (MiB)", fmt_mib(m["rss_kib"] / 1024)])
+        if m.get("pool_bytes") is not None:
+            rows.append(["TX pools, 2 ports (MiB)", fmt_mib(m["pool_bytes"] / MIB)])
+    return rows
+
+
+VIRTUAL_TITLE = ("evlnet on the embedded virtual link -- NOT comparable with the table above: "
+                 "both stacks, the client and the echo thread share one process and one GIL")
+
+
+def format_report(res: Results) -> str:
+    rows, notes = build_rows(res)
+    p = res.params
+    out = [f"evlnet benchmark (issue #5): {p.get('size', 64)}-byte UDP payloads, veth pair between "
+           f"two network namespaces, {p.get('mode', '')}", "", render_text(rows), ""]
+    for i, n in enumerate(notes, 1):
+        out.append(f"[{i}] {n}")
+    if notes:
+        out.append("")
+    out += [f"- {n}" for n in res.notes]
+    if res.virtual:
+        out += ["", VIRTUAL_TITLE + ":"]
+        if res.virtual.get("error"):
+            out.append(f"  n/a ({res.virtual['error']})")
+        else:
+            out.append(render_text(virtual_rows(res), header=("metric", "evlnet (virtual)")))
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------
+# machine, RESULTS.md, rtt.png
+# ------------------------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"nproc": os.cpu_count(), "cpu": model or platform.processor() or "unknown",
+            "kernel": platform.release(), "python": sys.version.split()[0],
+            "machine": platform.machine(), "commit": commit or "unknown"}
+
+
+def plot_rtt(res: Results, path: Path) -> bool:
+    """RTT percentile curves and histograms of this run (evlnet and kernel, idle and +burner;
+    the raw AF_PACKET reference thin)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    series = []
+    colours = {"evlnet": "tab:red", "kernel": "tab:blue", "raw": "tab:gray",
+               "evlnet (virtual link)": "tab:orange"}
+    for phase, style in (("idle", "-"), ("burner", "--")):
+        for impl in ("evlnet", "kernel", "raw"):
+            r = res.rtt[phase].get(impl)
+            if r and r.get("hist") is not None and r["hist"].get_total_count():
+                series.append((f"{impl} ({phase})", impl, style, r["hist"]))
+    if "evlnet" not in res.rtt["idle"] and res.virtual.get("rtt"):
+        series.append(("evlnet (virtual link, in-process; not comparable)",
+                       "evlnet (virtual link)", ":", res.virtual["rtt"]["hist"]))
+    if not series:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    pcts = np.concatenate([np.linspace(0, 90, 46), 100 - np.logspace(1, -3, 60)])
+    for label, impl, style, h in series:
+        xs = 1.0 / (1.0 - pcts / 100.0)
+        ys = [h.get_value_at_percentile(float(p)) / 1000.0 for p in pcts]
+        lw = 0.8 if impl == "raw" else 1.6
+        ax1.plot(xs, ys, style, color=colours[impl], lw=lw, label=label)
+        vals, counts = [], []
+        for it in h.get_recorded_iterator():
+            vals.append(it.value_iterated_to / 1000.0)
+            counts.append(it.count_added_in_this_iter_step)
+        if vals:
+            lo, hi = max(min(vals), 0.5), max(vals) * 1.01
+            bins = np.logspace(np.log10(lo), np.log10(hi), 80) if hi > lo else 10
+            ax2.hist(vals, bins=bins, weights=np.array(counts) / sum(counts), histtype="step",
+                     color=colours[impl], ls=style, lw=lw, label=label)
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ticks = [1, 10, 100, 1000, 10000]
+    ax1.set_xticks(ticks)
+    ax1.set_xticklabels(["0%", "90%", "99%", "99.9%", "99.99%"])
+    ax1.set_xlabel("percentile")
+    ax1.set_ylabel("round trip (us)")
+    ax1.set_title("RTT percentile distribution")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend(fontsize=8)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("round trip (us)")
+    ax2.set_ylabel("fraction of round trips")
+    ax2.set_title("RTT histogram")
+    ax2.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=8)
+    p = res.params
+    fig.suptitle(f"UDP {p.get('size', 64)}-byte round trips over veth between two namespaces "
+                 f"(N={p.get('round_trips', '?')} per path and phase)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_results(res: Results, outdir: Path, command: str) -> tuple[Path, Path | None]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    png = outdir / "rtt.png"
+    try:
+        have_png = plot_rtt(res, png)
+    except Exception as exc:   # the table is still worth writing
+        res.notes.append(f"rtt.png not written: {type(exc).__name__}: {exc}")
+        have_png = False
+    m = machine_info()
+    rows, notes = build_rows(res)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# evlnet benchmark results (issue #5)",
+        "",
+        f"Generated by `{command}` on {now}. Regenerate with `./run bench --write-results` "
+        "(this file and `rtt.png` are overwritten). Targets are printed, never asserted.",
+        "",
+        "## Machine",
+        "",
+        f"- CPUs (nproc): {m['nproc']} -- {m['cpu']} ({m['machine']})",
+        f"- kernel: {m['kernel']}",
+        f"- Python: {m['python']}",
+        f"- evlnet: {m['commit']}",
+        f"- parameters: {format_params(res.params)}",
+        "",
+        "## Results",
+        "",
+        render_markdown(rows),
+        "",
+    ]
+    for i, n in enumerate(notes, 1):
+        lines.append(f"{i}. {n}")
+    if notes:
+        lines.append("")
+    lines += [f"- {n}" for n in res.notes]
+    if res.virtual:
+        lines += ["", f"### {VIRTUAL_TITLE}", ""]
+        if res.virtual.get("error"):
+            lines.append(f"n/a ({res.virtual['error']})")
+        else:
+            lines.append(render_markdown(virtual_rows(res), header=("metric", "evlnet (virtual)")))
+    lines += ["", "## RTT distributions", ""]
+    if have_png:
+        lines.append("![RTT percentile distribution and histogram](rtt.png)")
+    else:
+        lines.append("(no plot: no RTT was measured)")
+    lines += ["", "## How it was measured", "", "See `bench/README.md`.", ""]
+    md = outdir / "RESULTS.md"
+    md.write_text("\n".join(lines))
+    return md, png if have_png else None
+
+
+def format_params(p: dict) -> str:
+    keys = ("mode", "round_trips", "chunk", "warmup", "window_s", "rounds", "alloc_round_trips",
+            "burner_cpu", "trafgen_cpu", "rx_cpus", "evlnet_opts")
+    return ", ".join(f"{k}={p[k]}" for k in keys if k in p)

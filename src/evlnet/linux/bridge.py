@@ -1,0 +1,807 @@
+"""The kernel bridge: Linux interfaces as oob ports, with the Linux kernel as EVL's in-band stage.
+
+A ``Stack`` creates one ``KernelBridge`` the first time a Linux interface name is used. The
+bridge lives in the **network namespace of the thread that created it** and serves that namespace
+only, as EVL keeps its oob state per namespace (``struct net.oob``): its netlink sockets, the
+ports' AF_PACKET devices and the genuine sockets are all made there, so they keep working when
+called from threads that live elsewhere. What it provides:
+
+Ports — ``open_interface()`` wraps the interface in an ``AfPacketDevice`` (kind "linux") with the
+  kernel's IPv4 addresses; ``port_enabled()`` installs input diversion (see ``diversion.py``) and
+  loads the kernel's neighbours of the interface into the front cache; ``port_disabled()`` removes
+  every trace (tc filter, clsact qdisc when we made it). An ``atexit`` hook does the same for
+  ports still enabled when the process exits, and a new bridge first removes the filters a dead
+  evlnet process left behind.
+
+Front cache fed by the kernel — a daemon thread (``<stack>.netlink``, in-band) listens to
+  RTMGRP_NEIGH|LINK|IPV4_IFADDR|IPV4_ROUTE, as EVL's ARP cache listens to NETEVENT_NEIGH_UPDATE:
+  REACHABLE/PERMANENT/NOARP neighbours of oob ports are cached; STALE, DELAY, PROBE, FAILED and
+  deleted ones are dropped at once (``ip neigh del`` takes effect in about a millisecond); any
+  IPv4 route change flushes the routes learnt for Linux ports; address changes update the port
+  (``refresh_addresses()``) and its diversion; link changes go to the device's ``is_up()``, which
+  reports them through ``on_link_change`` (False: senders get ENETDOWN and receivers wake; None,
+  the interface was deleted: the port is disabled in-band and can be enabled again when an
+  interface of that name comes back). Lost notifications (ENOBUFS) trigger a full resync.
+
+Routing and solicitation — ``resolve_route()`` asks the kernel (RTM_GETROUTE): ENODEV when it
+  routes through an interface that is no oob port, ENETUNREACH when a gateway is needed without
+  EVL_NEIGH_MAYROUTE or there is no route. ``solicit_neighbour()`` makes the kernel resolve the
+  next hop itself (RTM_NEWNEIGH with NTF_USE, after deleting a STALE/DELAY/PROBE/FAILED entry as
+  EVL forces stale entries to NUD_NONE) and waits until the monitor has cached the answer
+  (ETIMEDOUT at the deadline); ``make_permanent()`` turns the kernel entry PERMANENT.
+
+Genuine sockets — an oob UDP socket made while the stack has a bridge is also a kernel socket
+  (``new_kernel_socket``): binding reserves the address and port in the kernel, standard options
+  go through, in-band ``send``/``recv`` use the kernel's stack, and demoted datagrams (front-cache
+  misses) are sent with it (``demoted_send``), after which the route is learnt as EVL's
+  ``ip_learn_oob_route()`` hook would. Sockets without one (made before the bridge existed) are
+  demoted through a raw IPv4 socket with their own source address and port.
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..core.frontcache import Neighbour, Route
+from ..core.interface import Address, Interface
+from ..errors import oserror
+from . import diversion as dv
+from . import rtnl
+
+if TYPE_CHECKING:
+    from ..core.port import Port
+    from ..core.stack import Stack
+
+log = logging.getLogger("evlnet.linux")
+_now = time.monotonic_ns
+CLONE_NEWNET = 0x40000000
+#: How often the monitor re-checks what has no notification (packet sockets, ICMP settings).
+MONITOR_TICK = 0.25
+#: Kernel ARP gives up after ~3 s (mcast_solicit x retrans_time); solicit re-kicks it at this pace.
+SOLICIT_RETRY_NS = 1_000_000_000
+#: Routes re-asked from the kernel one by one after a routing change; more are flushed.
+REVALIDATE_MAX = 256
+_NOT_DIVERTED = {0x0800, 0x0806, 0x8100, 0x88A8}   # IPv4 and ARP by rule; VLAN tags by the kernel
+_UDP_HDR = struct.Struct("!HHHH")
+_IP_HDR = struct.Struct("!BBHHHBBHII")
+
+_bridges: "weakref.WeakSet[KernelBridge]" = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _fmt(ip: int) -> str:
+    return socket.inet_ntoa(ip.to_bytes(4, "big"))
+
+
+_libc = None
+
+
+def _setns(fd: int) -> None:
+    fn = getattr(os, "setns", None)      # Python >= 3.12
+    if fn is not None:
+        fn(fd, CLONE_NEWNET)
+        return
+    import ctypes
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise oserror(err, "setns")
+
+
+def _ns_id(path_or_fd) -> tuple[int, int]:
+    st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.stat(path_or_fd)
+    return st.st_dev, st.st_ino
+
+
+@dataclass
+class BridgeCounters:
+    events: int = 0                #: netlink notifications handled
+    resyncs: int = 0               #: full resynchronisations after lost notifications
+    neigh_learnt: int = 0
+    neigh_dropped: int = 0
+    route_updates: int = 0
+    diversion_updates: int = 0     #: programs swapped (socket filter + tc filter)
+    demoted_kernel: int = 0        #: demoted datagrams sent through genuine sockets
+    demoted_raw: int = 0           #: ... through the raw IPv4 socket
+    solicit_kicks: int = 0         #: NTF_USE requests
+
+
+class _PortDiversion:
+    __slots__ = ("port", "tc", "rule")
+
+    def __init__(self, port: "Port", tc: dv.TcDiversion) -> None:
+        self.port = port
+        self.tc = tc
+        self.rule: dv.DiversionRule | None = None
+
+
+class KernelBridge:
+    """The Linux side of one stack (see the module docstring)."""
+
+    def __init__(self, stack: "Stack") -> None:
+        self.stack = stack
+        self.counters = BridgeCounters()
+        self._ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._ns = _ns_id(self._ns_fd)
+        self._lock = threading.RLock()            # diversion state and port tables
+        self._ports: dict[int, "Port"] = {}       # ifindex -> enabled Linux port (copy on write)
+        self._divert: dict[int, _PortDiversion] = {}
+        self._pending: dict[Any, tuple[int, int]] = {}   # sock -> (addr, port) being bound
+        self._was_up: dict[int, bool] = {}        # ifindex -> link state last seen by the monitor
+        self._raw: socket.socket | None = None
+        self._closed = False
+        self.nl: rtnl.RtnlSocket | None = None
+        self._mon: rtnl.RtnlSocket | None = None
+        self._stop_fd = -1
+        try:
+            self.nl = rtnl.RtnlSocket()
+            self._mon = rtnl.RtnlSocket(rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_LINK |
+                                        rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV4_ROUTE)
+            self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except BaseException:
+            self._release()
+            raise
+        try:
+            dv.cleanup_stale(self.nl)
+        except OSError as exc:
+            log.warning("could not look for stale diversion filters: %s", exc)
+        self._thread = threading.Thread(target=self._monitor, name=f"{stack.name}.netlink",
+                                        daemon=True)
+        self._thread.start()
+        _register(self)
+
+    # -- namespace ------------------------------------------------------------------------------
+    @contextmanager
+    def _in_ns(self):
+        """Run the block with the calling thread in the bridge's network namespace."""
+        if _ns_id("/proc/thread-self/ns/net") == self._ns:
+            yield
+            return
+        orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(self._ns_fd)
+            try:
+                yield
+            finally:
+                _setns(orig)
+        finally:
+            os.close(orig)
+
+    # -- interfaces -----------------------------------------------------------------------------
+    def open_interface(self, ifname: str) -> Interface:
+        """The stack's Interface for Linux interface *ifname* (made once, kind "linux")."""
+        from ..drivers.afpacket import AfPacketDevice
+        self._check_open()
+        with self._in_ns():
+            try:
+                ifindex = socket.if_nametoindex(ifname)
+            except OSError:
+                raise oserror(errno.EINVAL, f"no interface {ifname!r} in this network namespace") \
+                    from None
+        stack = self.stack
+        with self._lock:
+            iface = stack.interfaces.get(ifname)
+            if iface is not None:
+                if iface.kind != "linux" or iface.device.ifindex == ifindex:
+                    return iface
+                # an interface of that name was deleted and re-created: start afresh
+                if stack.ports.get(ifname) is None:
+                    stack.interfaces.pop(ifname, None)
+                    iface.device.close()
+                else:
+                    return iface
+            with self._in_ns():
+                device = AfPacketDevice(ifname)
+            try:
+                # nothing is diverted until port_enabled() computes the rule: the ring stays empty
+                device.set_socket_filter(self._program(dv.DiversionRule(), socket_side=True))
+                addrs = [Address(a, p) for a, p in rtnl.addr_dump(self.nl, device.ifindex)]
+            except BaseException:
+                device.close()
+                raise
+            iface = Interface(ifname, device, "linux", addrs)
+            stack.interfaces[ifname] = iface
+            return iface
+
+    def interface_exists(self, ifname: str) -> bool:
+        with self._in_ns():
+            try:
+                socket.if_nametoindex(ifname)
+            except OSError:
+                return False
+        return True
+
+    # -- ports ----------------------------------------------------------------------------------
+    def port_enabled(self, port: "Port") -> None:
+        """Install diversion for *port* and load the kernel's neighbours into the front cache."""
+        self._check_open()
+        with self._lock:
+            ifindex = port.ifindex
+            state = _PortDiversion(port, dv.TcDiversion(self.nl, ifindex))
+            self._divert[ifindex] = state
+            self._ports = {**self._ports, ifindex: port}
+            self._was_up[ifindex] = True
+            try:
+                self._refresh_addresses(port.iface)
+                self._apply(state)
+            except OSError as exc:
+                self._forget_port(port)
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOENT, errno.EINVAL):
+                    raise
+                raise oserror(exc.errno, f"{port.name}: input diversion failed ({exc}); it "
+                                         "needs tc clsact and cls_bpf (CONFIG_NET_SCH_INGRESS, "
+                                         "CONFIG_NET_CLS_BPF)") from None
+            except BaseException:
+                self._forget_port(port)
+                raise
+            # a VLAN port changes what its parent port accepts
+            if port.device.vlan_id:
+                self._refresh_diversion()
+        self._sync_neighbours(port)
+        port.device.is_up()
+
+    def port_disabled(self, port: "Port") -> None:
+        """Remove *port*'s diversion (tc filter, clsact qdisc we made) and forget it."""
+        with self._lock:
+            self._forget_port(port)
+            if port.device.vlan_id:
+                self._refresh_diversion()
+        device = port.device
+        try:
+            device.set_socket_filter(self._program(dv.DiversionRule(), socket_side=True))
+        except OSError:
+            pass
+        gone = self.nl is None or rtnl.link_get(self.nl, port.ifindex) is None
+        if gone:            # the interface was deleted: a new one of that name starts afresh
+            iface = self.stack.interfaces.get(port.name)
+            if iface is port.iface:
+                self.stack.interfaces.pop(port.name, None)
+            device.close()
+
+    def _forget_port(self, port: "Port") -> None:
+        state = self._divert.get(port.ifindex)
+        if state is not None and state.port is port:
+            del self._divert[port.ifindex]
+            try:
+                state.tc.remove()
+            except OSError as exc:
+                log.warning("%s: could not remove the diversion filter: %s", port.name, exc)
+        if self._ports.get(port.ifindex) is port:
+            ports = dict(self._ports)
+            del ports[port.ifindex]
+            self._ports = ports
+        self._purge_routes(port)
+
+    # -- diversion ------------------------------------------------------------------------------
+    def rule_for_port(self, port: "Port") -> dv.DiversionRule:
+        """What *port* takes from the kernel now (see ``diversion.py``)."""
+        stack = self.stack
+        settings = stack.settings
+        vlans = stack.vlans
+        device = port.device
+        all_ipv4 = False
+        tagged: tuple[int, ...] = ()
+        if device.vlan_id:
+            all_ipv4 = device.vlan_id in vlans
+        elif vlans:
+            # VIDs with a VLAN device port on this interface are diverted on that device
+            own = {p.device.vlan_id for p in self._ports.values()
+                   if p.device.vlan_id and getattr(p.device, "real_ifindex", 0) == port.ifindex}
+            tagged = tuple(sorted(set(vlans) - own))
+        if settings.strict_diversion:
+            return dv.DiversionRule(all_ipv4=all_ipv4, tagged_vids=tagged)
+        local = port.local_addrs
+        udp: dict[int, set[int]] = {}
+        bindings = [(key & 0xFFFFFFFF, key >> 32, slot.owners[0] if slot.owners else None)
+                    for key, slot in list(stack.udp.slots.items())]
+        for sock, (addr, p) in list(self._pending.items()):
+            if sock.closed or sock.local is not None:
+                self._pending.pop(sock, None)
+            else:
+                bindings.append((addr, p, sock))
+        for addr, p, owner in bindings:
+            dev = getattr(owner, "bound_device", None)
+            if dev and dev != port.name:
+                continue
+            if addr == 0:
+                targets = local
+            elif addr in local:
+                targets = (addr,)
+            else:
+                continue
+            udp.setdefault(p, set()).update(targets)
+        icmp: set[int] = set()
+        if not settings.icmp_echo_ignore_all:
+            icmp = set(port.iface_unicast)
+            if not settings.icmp_echo_ignore_broadcasts:
+                icmp |= local
+        frags = set().union(*udp.values()) if udp else set()
+        ethertypes = set(stack.protocols.by_ethertype)
+        for et, socks in list(stack.packet.by_type.items()):
+            if any(getattr(s, "bound_port", None) in (None, port) for s in socks):
+                ethertypes.add(et)
+        ethertypes -= _NOT_DIVERTED
+        return dv.DiversionRule(
+            udp=tuple((p, tuple(sorted(a))) for p, a in sorted(udp.items())),
+            icmp_echo=tuple(sorted(icmp)), fragments=tuple(sorted(frags)),
+            ethertypes=tuple(sorted(ethertypes)), all_ipv4=all_ipv4, tagged_vids=tagged)
+
+    @staticmethod
+    def _program(rule: dv.DiversionRule, socket_side: bool):
+        if socket_side:
+            return dv.build_program(rule, dv.SOCKET_ACCEPT, dv.SOCKET_PASS)
+        return dv.build_program(rule, dv.TC_ACT_SHOT, dv.TC_ACT_UNSPEC)
+
+    def _apply(self, state: _PortDiversion, force: bool = False) -> None:
+        """Swap *state*'s programs if its rule changed. Called with ``_lock`` held.
+
+        Order: the ring first accepts the union of the old and new rules, then tc switches to the
+        new rule, then the ring narrows to it — so a frame is never dropped by tc without reaching
+        the ring (at worst, during the swap, both get it)."""
+        rule = self.rule_for_port(state.port)
+        if rule == state.rule and not force:
+            return
+        device = state.port.device
+        old = state.rule
+        if old is not None and old != rule:
+            device.set_socket_filter(self._program(_union(old, rule), socket_side=True))
+        else:
+            device.set_socket_filter(self._program(rule, socket_side=True))
+        state.tc.install(self._program(rule, socket_side=False))
+        device.set_socket_filter(self._program(rule, socket_side=True))
+        state.rule = rule
+        self.counters.diversion_updates += 1
+
+    def _refresh_diversion(self) -> None:
+        with self._lock:
+            for state in list(self._divert.values()):
+                try:
+                    self._apply(state)
+                except OSError as exc:
+                    if exc.errno == errno.ENODEV or not state.port.link_up:
+                        log.debug("%s: diversion update failed: %s", state.port.name, exc)
+                    else:
+                        log.warning("%s: diversion update failed: %s", state.port.name, exc)
+
+    def refresh_diversion(self) -> None:
+        """Recompute what every port accepts (after changing stack settings by hand)."""
+        self._refresh_diversion()
+
+    def vlans_changed(self) -> None:
+        self._refresh_diversion()
+
+    # -- sockets --------------------------------------------------------------------------------
+    def new_kernel_socket(self, proto: int = socket.IPPROTO_UDP) -> socket.socket:
+        """A genuine kernel UDP socket in the bridge's namespace."""
+        self._check_open()
+        with self._in_ns():
+            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, proto)
+
+    def owns_socket(self, sock) -> bool:
+        """Whether demoted datagrams of *sock* leave through the kernel's stack."""
+        if getattr(sock, "_kernel", None) is not None:
+            return True
+        return not any(i.kind != "linux" for i in self.stack.interfaces.values())
+
+    def bind(self, sock, addr: int, port: int) -> None:
+        """Reserve (addr, port) in the kernel with the genuine socket, and divert it."""
+        k = getattr(sock, "_kernel", None)
+        if k is not None and self._kernel_knows(addr):
+            try:
+                k.bind((_fmt(addr), port))
+            except OSError as exc:
+                raise oserror(exc.errno, f"{_fmt(addr)}:{port}: {os.strerror(exc.errno)} "
+                                         "(in the kernel)") from None
+        if getattr(sock, "family", None) == socket.AF_INET:
+            with self._lock:
+                self._pending[sock] = (addr, port)
+                self._refresh_diversion()
+
+    def _kernel_knows(self, addr: int) -> bool:
+        if addr in (0, 0xFFFFFFFF):
+            return True
+        for iface in self.stack.interfaces.values():
+            if any(a.address == addr for a in iface.addresses):
+                return iface.kind == "linux"
+        return True
+
+    def connect(self, sock, addr: int, port: int) -> None:
+        k = getattr(sock, "_kernel", None)
+        if k is None:
+            return
+        try:
+            k.connect((_fmt(addr), port))
+        except OSError as exc:        # in-band send() falls back to sendto(remote)
+            log.debug("kernel connect to %s:%d failed: %s", _fmt(addr), port, exc)
+
+    def socket_closed(self, sock) -> None:
+        with self._lock:
+            self._pending.pop(sock, None)
+            if getattr(sock, "local", None) is not None or hasattr(sock, "ethertype"):
+                self._refresh_diversion()
+
+    def demoted_send(self, sock, payload: bytes, dst: int, dport: int) -> None:
+        """In-band: send a datagram that missed the front cache through the kernel's stack."""
+        stack = self.stack
+        k = getattr(sock, "_kernel", None)
+        try:
+            if k is not None:
+                k.sendto(payload, socket.MSG_DONTWAIT, (_fmt(dst), dport))
+                self.counters.demoted_kernel += 1
+            else:
+                self._raw_send(sock, payload, dst, dport)
+                self.counters.demoted_raw += 1
+        except OSError as exc:
+            stack.counters.tx_demote_failed += 1
+            log.info("demoted datagram to %s:%d dropped: %s", _fmt(dst), dport, exc)
+            return
+        # what EVL's ip_learn_oob_route() does when the kernel routes through an oob port
+        try:
+            stack.resolve_route(dst, getattr(sock, "bound_device", None), True)
+        except OSError:
+            pass
+
+    def _raw_send(self, sock, payload: bytes, dst: int, dport: int) -> None:
+        from ..wire.checksum import checksum_add
+        local = sock.local or (0, 0)
+        src, sport = local
+        if not src or src == 0xFFFFFFFF:
+            src = rtnl.route_get(self.nl, dst).prefsrc
+        ulen = 8 + len(payload)
+        pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + ulen
+        seg = bytearray(_UDP_HDR.pack(sport, dport, ulen, 0) + payload)
+        csum = ~checksum_add(memoryview(seg), pseudo) & 0xFFFF
+        struct.pack_into("!H", seg, 6, csum or 0xFFFF)
+        hdr = _IP_HDR.pack(0x45, getattr(sock, "tos", 0), 20 + ulen, 0,
+                           0x4000 if ulen + 20 <= 1500 else 0, getattr(sock, "ttl", 64), 17, 0,
+                           src, dst)
+        if self._raw is None:
+            with self._in_ns():
+                self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                          socket.IPPROTO_RAW)
+        self._raw.sendto(hdr + bytes(seg), socket.MSG_DONTWAIT, (_fmt(dst), 0))
+
+    # -- routes and neighbours ------------------------------------------------------------------
+    def resolve_route(self, dst: int, bound_device: str | None, mayroute: bool) -> Route:
+        """The kernel's route to *dst*, as an oob Route (not cached here: the stack learns it)."""
+        self._check_open()
+        oif = 0
+        if bound_device:
+            port = self.stack.ports.get(bound_device)
+            if port is None or not port.enabled or port.iface.kind != "linux":
+                raise oserror(errno.ENODEV, f"{bound_device} is not an enabled oob port")
+            oif = port.ifindex
+        try:
+            ans = rtnl.route_get(self.nl, dst, oif)
+        except OSError as exc:
+            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.EACCES,
+                             errno.EPERM):
+                raise oserror(errno.ENETUNREACH, f"no route to {_fmt(dst)}") from None
+            raise
+        if ans.rtype in (rtnl.RTN_UNREACHABLE, rtnl.RTN_PROHIBIT, rtnl.RTN_BLACKHOLE):
+            raise oserror(errno.ENETUNREACH, f"no route to {_fmt(dst)}")
+        port = self._ports.get(ans.oif)
+        if ans.rtype == rtnl.RTN_LOCAL or port is None or not port.enabled:
+            name = self._ifname(ans.oif)
+            raise oserror(errno.ENODEV, f"{_fmt(dst)} is routed through {name}, "
+                                        "which is not an oob port")
+        if ans.gateway and not mayroute:
+            raise oserror(errno.ENETUNREACH, f"{_fmt(dst)} is reached through gateway "
+                                             f"{_fmt(ans.gateway)} (EVL_NEIGH_MAYROUTE)")
+        source = ans.prefsrc or port.iface.source_for(dst)
+        return Route(dst, port, ans.gateway, source)
+
+    def _ifname(self, ifindex: int) -> str:
+        try:
+            link = rtnl.link_get(self.nl, ifindex) if ifindex else None
+        except OSError:
+            link = None
+        return link.ifname if link is not None and link.ifname else f"ifindex {ifindex}"
+
+    def solicit_neighbour(self, route: Route, deadline_ns: int, permanent: bool) -> Neighbour:
+        """Have the kernel resolve *route*'s next hop (ARP) and wait for the front cache to learn
+        it from the monitor. ETIMEDOUT at *deadline_ns*."""
+        self._check_open()
+        hop = route.next_hop
+        port = route.port
+        cache = self.stack.frontcache.neighbours
+        kick_at = 0
+        while True:
+            neigh = cache.peek(hop)
+            if neigh is not None and neigh.port is port:
+                return neigh
+            now = _now()
+            if now >= kick_at:
+                neigh = self._kick(hop, port)
+                if neigh is not None:
+                    return neigh
+                kick_at = now + SOLICIT_RETRY_NS
+            if now >= deadline_ns:
+                raise oserror(errno.ETIMEDOUT, f"{_fmt(hop)} did not answer ARP on {port.name}")
+            cache.wait_for(hop, min(deadline_ns, kick_at))
+
+    def _kick(self, hop: int, port: "Port") -> Neighbour | None:
+        """Look at the kernel's entry: use it when valid, else (re)start its resolution."""
+        entry = rtnl.neigh_get(self.nl, hop, port.ifindex)
+        if entry is not None and entry.state & rtnl.NUD_VALID_FOR_OOB and entry.lladdr:
+            neigh = Neighbour(hop, entry.lladdr, port, bool(entry.state & rtnl.NUD_PERMANENT))
+            self.stack.frontcache.neighbours.learn(neigh)
+            return neigh
+        if entry is not None and entry.state & rtnl.NUD_INCOMPLETE:
+            return None                   # being resolved: wait
+        if entry is not None and entry.state & (rtnl.NUD_STALE | rtnl.NUD_DELAY | rtnl.NUD_PROBE |
+                                                rtnl.NUD_FAILED):
+            rtnl.neigh_del(self.nl, hop, port.ifindex)     # EVL: stale -> NUD_NONE, then probe
+        rtnl.neigh_set(self.nl, hop, port.ifindex, rtnl.NUD_NONE, None, rtnl.NTF_USE)
+        self.counters.solicit_kicks += 1
+        return None
+
+    def make_permanent(self, neigh: Neighbour) -> None:
+        """``ip neigh replace <ip> lladdr <mac> nud permanent`` on the port's interface."""
+        self._check_open()
+        rtnl.neigh_set(self.nl, neigh.address, neigh.port.ifindex, rtnl.NUD_PERMANENT, neigh.mac)
+
+    def _sync_neighbours(self, port: "Port") -> None:
+        try:
+            entries = rtnl.neigh_dump(self.nl, port.ifindex)
+        except OSError as exc:
+            log.warning("%s: neighbour dump failed: %s", port.name, exc)
+            return
+        for e in entries:
+            self._neigh_event(port, e)
+
+    def _purge_routes(self, port: "Port | None" = None) -> None:
+        """Forget the routes learnt for *port* (None: for every Linux port whose link is up;
+        a downed port keeps its routes so that its senders get ENETDOWN)."""
+        routes = self.stack.frontcache.routes
+        for route in list(routes):
+            p = route.port
+            if port is None:
+                if getattr(p, "iface", None) is None or p.iface.kind != "linux" or not p.link_up:
+                    continue
+            elif p is not port:
+                continue
+            routes.forget(route.destination)
+        self.counters.route_updates += 1
+
+    def _revalidate_routes(self) -> None:
+        """The kernel's routing changed: ask it again for every route learnt for a Linux port
+        and keep, replace or forget each one, so that senders whose route did not change stay on
+        the fast path. (Beyond REVALIDATE_MAX cached routes, they are simply flushed.)"""
+        routes = self.stack.frontcache.routes
+        learnt = [r for r in list(routes) if getattr(r.port, "iface", None) is not None
+                  and r.port.iface.kind == "linux" and r.port.link_up]
+        if len(learnt) > REVALIDATE_MAX:
+            self._purge_routes()
+            return
+        for old in learnt:
+            try:
+                new = self.resolve_route(old.destination, None, bool(old.gateway))
+            except OSError:
+                routes.forget(old.destination)
+                continue
+            if (new.port, new.gateway, new.source) != (old.port, old.gateway, old.source):
+                routes.learn(new)
+        self.counters.route_updates += 1
+
+    # -- monitor (in-band daemon thread) --------------------------------------------------------
+    def _monitor(self) -> None:
+        poller = select.poll()
+        poller.register(self._mon.fileno(), select.POLLIN)
+        poller.register(self._stop_fd, select.POLLIN)
+        next_tick = time.monotonic() + MONITOR_TICK
+        while not self._closed:
+            try:
+                ready = poller.poll(MONITOR_TICK * 1000)
+                if any(fd == self._stop_fd for fd, _ in ready):
+                    break
+                if ready:
+                    events = self._mon.read_events()
+                    if events is None:
+                        self._resync()
+                    else:
+                        for mtype, body in events:
+                            self._event(mtype, body)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + MONITOR_TICK
+                    self._tick()
+            except Exception:   # the monitor must survive anything; it is the cache's only feed
+                if self._closed:
+                    break
+                log.exception("netlink monitor")
+                time.sleep(0.05)
+
+    def _event(self, mtype: int, body) -> None:
+        msg = rtnl.decode(mtype, body)
+        if msg is None:
+            return
+        self.counters.events += 1
+        if isinstance(msg, rtnl.NeighMsg):
+            port = self._ports.get(msg.ifindex)
+            if port is not None:
+                self._neigh_event(port, msg)
+        elif isinstance(msg, rtnl.RouteMsg):
+            if msg.family == socket.AF_INET:
+                self._revalidate_routes()
+        elif isinstance(msg, rtnl.AddrMsg):
+            self._addr_event(msg.ifindex)
+        elif isinstance(msg, rtnl.LinkMsg):
+            self._link_event(msg)
+
+    def _neigh_event(self, port: "Port", msg: rtnl.NeighMsg) -> None:
+        cache = self.stack.frontcache.neighbours
+        if not msg.deleted and msg.state & rtnl.NUD_VALID_FOR_OOB and msg.lladdr \
+                and len(msg.lladdr) == 6:
+            cache.learn(Neighbour(msg.dst, msg.lladdr, port, bool(msg.state & rtnl.NUD_PERMANENT)))
+            self.counters.neigh_learnt += 1
+            return
+        if not port.link_up:
+            # the kernel flushes a downed link's neighbours; keeping ours until the link is back
+            # makes senders fail with ENETDOWN instead of being demoted (resynced when it is up)
+            return
+        entry = cache.peek(msg.dst)
+        if entry is not None and entry.port is port:
+            cache.forget(msg.dst)
+            self.counters.neigh_dropped += 1
+
+    def _addr_event(self, ifindex: int) -> None:
+        for iface in list(self.stack.interfaces.values()):
+            if iface.kind == "linux" and iface.device.ifindex == ifindex:
+                try:
+                    self._refresh_addresses(iface)
+                except OSError as exc:
+                    log.debug("address refresh of %s failed: %s", iface.name, exc)
+                port = self._ports.get(ifindex)
+                if port is not None:
+                    port.refresh_addresses()
+                    self._refresh_diversion()
+        self._revalidate_routes()
+
+    def _refresh_addresses(self, iface: Interface) -> None:
+        addrs = [Address(a, p) for a, p in rtnl.addr_dump(self.nl, iface.device.ifindex)]
+        iface.addresses[:] = addrs
+        port = self.stack.ports.get(iface.name)
+        if port is not None and port.iface is iface:
+            port.refresh_addresses()
+
+    def _link_event(self, msg: rtnl.LinkMsg) -> None:
+        port = self._ports.get(msg.ifindex)
+        if port is not None:
+            port.device.is_up()            # reports a change through on_link_change
+            up = port.link_up
+            if up and not self._was_up.get(msg.ifindex, True):
+                self._link_restored(port)
+            self._was_up[msg.ifindex] = up
+            return
+        if msg.deleted:                    # an opened interface that is no port went away
+            for name, iface in list(self.stack.interfaces.items()):
+                if iface.kind == "linux" and iface.device.ifindex == msg.ifindex \
+                        and self.stack.ports.get(name) is None:
+                    self.stack.interfaces.pop(name, None)
+                    iface.device.close()
+
+    def _link_restored(self, port: "Port") -> None:
+        """The link is back: what was kept while it was down is replaced by the kernel's view."""
+        cache = self.stack.frontcache.neighbours
+        for neigh in list(cache):
+            if neigh.port is port:
+                cache.forget(neigh.address)
+        self._purge_routes(port)
+        self._sync_neighbours(port)
+
+    def _resync(self) -> None:
+        """Notifications were lost: reload everything from the kernel."""
+        self.counters.resyncs += 1
+        cache = self.stack.frontcache.neighbours
+        for port in list(self._ports.values()):
+            for neigh in list(cache):
+                if neigh.port is port:
+                    cache.forget(neigh.address)
+            self._sync_neighbours(port)
+            port.device.is_up()
+            try:
+                self._refresh_addresses(port.iface)
+            except OSError:
+                pass
+        self._purge_routes()
+        self._refresh_diversion()
+
+    def _tick(self) -> None:
+        """Follow what sends no notification (packet sockets, custom protocols, settings)."""
+        if self._divert:
+            self._refresh_diversion()
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise oserror(errno.ESHUTDOWN, "the kernel bridge is closed")
+
+    def close(self) -> None:
+        """Remove all diversion, stop the monitor, release sockets and devices."""
+        if self._closed:
+            return
+        self._remove_all_diversion()
+        self._closed = True
+        if self._stop_fd >= 0:
+            os.eventfd_write(self._stop_fd, 1)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2.0)
+        for name, iface in list(self.stack.interfaces.items()):
+            if iface.kind == "linux" and self.stack.ports.get(name) is None:
+                self.stack.interfaces.pop(name, None)
+                iface.device.close()
+        self._release()
+        _bridges.discard(self)
+
+    def _remove_all_diversion(self) -> None:
+        with self._lock:
+            for ifindex, state in list(self._divert.items()):
+                try:
+                    state.tc.remove()
+                except OSError as exc:
+                    log.warning("ifindex %d: diversion filter removal failed: %s", ifindex, exc)
+            self._divert.clear()
+
+    def _release(self) -> None:
+        for attr in ("nl", "_mon", "_raw"):
+            s = getattr(self, attr, None)
+            if s is not None:
+                setattr(self, attr, None)
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        if self._stop_fd >= 0:
+            os.close(self._stop_fd)
+            self._stop_fd = -1
+        if self._ns_fd >= 0:
+            os.close(self._ns_fd)
+            self._ns_fd = -1
+
+    def diversion_filters(self) -> list[tuple[int, tuple[int, int]]]:
+        """evlnet's tc filters in this namespace: [(ifindex, (pid, start time))]."""
+        return dv.list_filters(self.nl)
+
+
+def _union(a: dv.DiversionRule, b: dv.DiversionRule) -> dv.DiversionRule:
+    udp: dict[int, set[int]] = {}
+    for p, addrs in a.udp + b.udp:
+        udp.setdefault(p, set()).update(addrs)
+    return dv.DiversionRule(
+        udp=tuple((p, tuple(sorted(s))) for p, s in sorted(udp.items())),
+        icmp_echo=tuple(sorted(set(a.icmp_echo) | set(b.icmp_echo))),
+        fragments=tuple(sorted(set(a.fragments) | set(b.fragments))),
+        ethertypes=tuple(sorted(set(a.ethertypes) | set(b.ethertypes))),
+        all_ipv4=a.all_ipv4 or b.all_ipv4,
+        tagged_vids=tuple(sorted(set(a.tagged_vids) | set(b.tagged_vids))))
+
+
+def _register(bridge: KernelBridge) -> None:
+    global _atexit_registered
+    _bridges.add(bridge)
+    if not _atexit_registered:
+        atexit.register(_at_exit)
+        _atexit_registered = True
+
+
+def _at_exit() -> None:
+    """Nothing may stay in the kernel after the process exits: remove every diversion filter."""
+    for bridge in list(_bridges):
+        try:
+            bridge._remove_all_diversion()
+        except Exception:
+            pass
