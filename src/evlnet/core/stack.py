@@ -12,7 +12,7 @@ import socket as _pysocket
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..constants import (AF_INET, EVL_DEFAULT_POOLSZ, EVL_MAX_BUFSZ, EVL_MAX_POOLSZ,

@@ -158,6 +158,7 @@ from typing import Iterator
 from ..core.buffers import BufferPool, PacketBuffer
 from ..errors import oserror
 from .base import ARPHRD_ETHER, Device
+from .._netns import setns
 
 __all__ = ["AfPacketDevice", "linux_interface_exists", "ARPHRD_LOOPBACK"]
 
@@ -320,21 +321,8 @@ def _realtime_offset_ns() -> int:
     return best
 
 
-_libc = None
-
-
 def _setns(fd: int) -> None:
-    fn = getattr(os, "setns", None)  # Python >= 3.12
-    if fn is not None:
-        fn(fd, CLONE_NEWNET)
-        return
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise oserror(err, "setns")
+    setns(fd, CLONE_NEWNET)
 
 
 class _SockFilter(ctypes.Structure):

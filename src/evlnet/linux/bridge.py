@@ -58,6 +58,7 @@ from ..core.interface import Address, Interface
 from ..errors import oserror
 from . import diversion as dv
 from . import rtnl
+from .._netns import setns
 
 if TYPE_CHECKING:
     from ..core.port import Port
@@ -84,22 +85,8 @@ def _fmt(ip: int) -> str:
     return socket.inet_ntoa(ip.to_bytes(4, "big"))
 
 
-_libc = None
-
-
 def _setns(fd: int) -> None:
-    fn = getattr(os, "setns", None)      # Python >= 3.12
-    if fn is not None:
-        fn(fd, CLONE_NEWNET)
-        return
-    import ctypes
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise oserror(err, "setns")
+    setns(fd, CLONE_NEWNET)
 
 
 def _ns_id(path_or_fd) -> tuple[int, int]:

@@ -3,7 +3,6 @@ the request's source IP and MAC without a routing or neighbour lookup. User ICMP
 refused with ENOTSUPP, as in EVL."""
 from __future__ import annotations
 
-import errno
 import struct
 from typing import TYPE_CHECKING
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import socket as _pysocket
 
-from ..constants import ETH_P_ALL
+
 from ..core.buffers import PacketBuffer
 from ..errors import oserror
 from .base import OobSocket, ReceiveQueue

@@ -9,7 +9,7 @@ from typing import Any
 from ..constants import IPPROTO_UDP, UDP_MAX_PAYLOAD
 from ..core.buffers import PacketBuffer
 from ..errors import oserror
-from ..proto.ipv4 import IP_DF, IPV4_MIN_MTU, IP_HDR, ETH_HDR, IP_CSUM, segment_checksum_sum
+from ..proto.ipv4 import IP_CSUM, IP_DF, IPV4_MIN_MTU, segment_checksum_sum
 from ..proto.udp import UDP_HDR, UdpSlot, slot_key
 from ..wire.checksum import checksum_add, internet_checksum
 from .base import OobSocket, ReceiveQueue

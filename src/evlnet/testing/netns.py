@@ -26,7 +26,6 @@ Only the ``ip`` command (iproute2) and the standard library are used.
 """
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import itertools
 import json
@@ -34,6 +33,7 @@ import os
 import re
 import secrets
 import subprocess
+from .._netns import setns
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -99,22 +99,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_libc = None
-
-
-def _setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
-    """``setns(2)`` for the calling thread (``os.setns`` is Python >= 3.12)."""
-    fn = getattr(os, "setns", None)
-    if fn is not None:
-        fn(fd, nstype)
-        return
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+_setns = setns
 
 
 def _thread_netns_ino() -> int:

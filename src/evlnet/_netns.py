@@ -1,0 +1,23 @@
+"""``setns(2)`` for the calling thread (``os.setns`` exists only from Python 3.12)."""
+from __future__ import annotations
+
+import ctypes
+import os
+
+CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """Move the calling thread into the namespace *fd* refers to; OSError on failure."""
+    fn = getattr(os, "setns", None)
+    if fn is not None:
+        fn(fd, nstype)
+        return
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
