@@ -177,7 +177,7 @@ def build_rows(res: Results) -> tuple[list[list[str]], list[str]]:
     rss = {i: res.mem[i]["rss_kib"] / 1024 for i in IMPLS if i in res.mem}
     add("RSS (MiB)", "mem", rss, fmt_mib, measured=("evlnet", "kernel", "raw"))
     pool = res.mem.get("evlnet", {}).get("pool_bytes")
-    add("TX pool poolsz x bufsz (MiB)", "mem",
+    add("pools TX+RX, preallocated (MiB)", "mem",
         {"evlnet": pool / MIB if pool is not None else None}, fmt_mib, measured=("evlnet",))
     add("RSS - pool (MiB)", "mem",
         {"evlnet": rss["evlnet"] - pool / MIB if "evlnet" in rss and pool is not None else None},
@@ -223,7 +223,7 @@ def virtual_rows(res: Results) -> list[list[str]]:
     if m:
         rows.append(["RSS (MiB)", fmt_mib(m["rss_kib"] / 1024)])
         if m.get("pool_bytes") is not None:
-            rows.append(["TX pools, 2 ports (MiB)", fmt_mib(m["pool_bytes"] / MIB)])
+            rows.append(["TX+RX pools, 2 ports (MiB)", fmt_mib(m["pool_bytes"] / MIB)])
     return rows
 
 

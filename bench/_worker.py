@@ -260,7 +260,9 @@ def _evlnet_stack(name: str, opts: dict):
 def _evlnet_pool_info(stack, port) -> dict:
     st = stack.get_stats(port)
     return {"poolsz": st.skb_total, "bufsz": st.skb_size, "pool_free": st.skb_free,
-            "pool_bytes": st.skb_total * st.skb_size, "port_stats": {
+            # every pool the port preallocates: TX (EVL's skb pool) and RX, same buffer size
+            "pool_bytes": (st.skb_total + st.extra["rx_skb_total"]) * st.skb_size,
+            "tx_pool_bytes": st.skb_total * st.skb_size, "port_stats": {
                 "rx_packets": st.rx_packets, "tx_packets": st.tx_packets,
                 "rx_nomem": st.rx_nomem, "tx_nomem": st.tx_nomem, **st.extra}}
 

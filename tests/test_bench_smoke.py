@@ -28,7 +28,7 @@ ROWS = (
     "RTT p50 +burner (us)", "RTT p99 +burner (us)", "RTT p99.9 +burner (us)",
     "RTT max +burner (us)", "RTT round trips +burner (lost)",
     "RX delivered (dgram/s)", "RX offered (pkt/s)", "TX onto wire (dgram/s)",
-    "alloc/packet (B)", "RSS (MiB)", "TX pool poolsz x bufsz (MiB)", "RSS - pool (MiB)",
+    "alloc/packet (B)", "RSS (MiB)", "pools TX+RX, preallocated (MiB)", "RSS - pool (MiB)",
 )
 
 

@@ -323,7 +323,8 @@ class Port:
         c = self.counters
         dev = self.device.stats
         extra = {k: v for k, v in c.as_dict().items() if k not in DevStat.__dataclass_fields__}
-        extra.update(device_rx_dropped=dev.rx_dropped, device_tx_errors=dev.tx_errors,
+        extra.update(rx_skb_total=self.rx_pool.total, rx_skb_free=self.rx_pool.free,
+                     device_rx_dropped=dev.rx_dropped, device_tx_errors=dev.tx_errors,
                      kernel_drops=dev.kernel_drops, kernel_freeze_q_cnt=dev.kernel_freeze_q_cnt)
         return DevStat(
             rx_packets=c.rx_packets, rx_bytes=c.rx_bytes, tx_packets=c.tx_packets,
