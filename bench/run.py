@@ -83,6 +83,10 @@ class Params:
     virtual: bool = False
 
 
+#: evlnet's low-latency configuration: receivers busy-poll the port (SO_BUSY_POLL) for up to 0.1 s
+DEFAULT_EVLNET_OPTS = ["busy_poll_us=100000"]
+
+
 def parse_opts(tokens: list[str]) -> dict:
     """``key=value`` pairs (also comma-separated) -> kwargs; values become bool/int/float/str."""
     out: dict = {}
@@ -122,8 +126,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     ap.add_argument("--seconds", type=float, help="RX/TX window length (default 3 s)")
     ap.add_argument("--rounds", type=int, help="RX/TX windows per path, alternated (default 2)")
     ap.add_argument("--size", type=int, default=64, help="UDP payload bytes (default 64)")
-    ap.add_argument("--evlnet-opts", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="passed to evlnet.Stack(**opts); poolsz=/bufsz= go to enable_port()")
+    ap.add_argument("--evlnet-opts", nargs="*", default=DEFAULT_EVLNET_OPTS, metavar="KEY=VALUE",
+                    help="passed to evlnet.Stack(**opts); poolsz=/bufsz= go to enable_port() "
+                    f"(default: {' '.join(DEFAULT_EVLNET_OPTS)}: receivers busy-poll, as a "
+                    "latency-minded user runs evlnet; pass busy_poll_us=0 for the threaded path)")
     ap.add_argument("--burn-cpu", type=int, help="CPU of the burner process (default: the last)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin trafgen and the RX "
                     "receiver to separate CPUs")
