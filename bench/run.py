@@ -589,9 +589,9 @@ def describe(p: Params, res: Results) -> None:
         "TX pool is full again.",
         f"alloc: tracemalloc growth (all threads) over {p.alloc_round_trips:,} round trips after "
         f"{p.alloc_warmup:,}, divided by the packets the client handled (2 per round trip).",
-        "RSS: VmRSS of the server (B) process after all parts; pool = skb_total x skb_size of "
-        "its port (get_stats), i.e. the TX pool. kernel/raw RSS: same Python process shape, "
-        "for reference.",
+        "RSS: VmRSS of the server (B) process after all parts; pools = (skb_total + "
+        "rx_skb_total) x skb_size of its port (get_stats): the TX and RX pools it preallocates. "
+        "kernel/raw RSS: same Python process shape, for reference.",
         f"scapy: srp1 loop of {p.scapy_rtt} against the raw echo, sendp, sniff.",
     ]
     if p.evlnet_opts:
