@@ -218,10 +218,28 @@ def test_demoted_send_to_nobody_is_dropped_and_counted(pair):
 
 
 def test_disabling_a_port_purges_its_cache_entries(pair):
+    """Neighbours are purged; the route stays as a tombstone on the disabled port (senders get
+    ENETDOWN) until the port is enabled again or routes are flushed."""
     p = pair
     sa, _ = p.solicited_pair()
     assert p.A.frontcache.routes.peek(ip2int(B_IP)) is not None
     p.A.disable_port(p.pa)
+    assert p.A.frontcache.neighbours.peek(ip2int(B_IP)) is None
+    tomb = p.A.frontcache.routes.peek(ip2int(B_IP))
+    assert tomb is not None and tomb.port is p.pa and not tomb.port.enabled
+    p.A.flush_routes()
+    assert p.A.frontcache.routes.peek(ip2int(B_IP)) is None
+
+
+def test_interface_removal_purges_routes_too(pair):
+    p = pair
+    sa, _ = p.solicited_pair()
+    p.link.a.remove()
+    import time
+    for _ in range(200):
+        if p.A.frontcache.routes.peek(ip2int(B_IP)) is None:
+            break
+        time.sleep(0.01)
     assert p.A.frontcache.routes.peek(ip2int(B_IP)) is None
     assert p.A.frontcache.neighbours.peek(ip2int(B_IP)) is None
 

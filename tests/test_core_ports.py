@@ -150,11 +150,15 @@ def test_disable_port_waits_for_inflight_tx_then_fails_senders_and_wakes_receive
         raw.oob_recvmsg(100, flags=MSG_DONTWAIT)
     with raises_errno(errno.EWOULDBLOCK):          # "third" never made it
         sb.oob_recvmsg(100, flags=MSG_DONTWAIT)
-    # the port's front-cache entries went with it: a UDP send is now a front-cache miss,
-    # demoted to the in-band stage (EVL: the route no longer leads to an oob port)
-    assert p.A.frontcache.routes.peek(int.from_bytes(pysocket.inet_aton(B_IP), "big")) is None
-    with raises_errno(errno.EINPROGRESS):
+    # UDP senders whose route led to the port get ENETDOWN (the route stays as a tombstone,
+    # its neighbour is gone), blocking or not
+    b_ip = int.from_bytes(pysocket.inet_aton(B_IP), "big")
+    assert p.A.frontcache.routes.peek(b_ip).port is p.pa
+    assert p.A.frontcache.neighbours.peek(b_ip) is None
+    with raises_errno(errno.ENETDOWN):
         sa.oob_sendmsg([b"late"], address=(B_IP, 6000), flags=MSG_DONTWAIT)
+    with raises_errno(errno.ENETDOWN):
+        sa.oob_sendmsg([b"late"], address=(B_IP, 6000))
     assert p.pa.fileno() == -1
     assert not p.pa.threads_alive
     assert p.pa.tx_pool.free == p.pa.tx_pool.total
@@ -180,6 +184,8 @@ def test_reenable_after_disable(pair):
     p.A.disable_port(p.pa)
     port = p.A.enable_port(name, 4)
     assert port is not p.pa and port.enabled
+    # the disabled port's route tombstones are gone: no sender is stuck on ENETDOWN
+    assert all(r.port.enabled for r in p.A.frontcache.routes)
     sa, sb = p.solicited_pair()
     assert sa.oob_sendmsg([b"again"], address=(B_IP, 6000), flags=MSG_DONTWAIT) == 5
     assert sb.oob_recvmsg(100, timeout=5)[0] == b"again"

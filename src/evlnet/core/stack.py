@@ -247,6 +247,9 @@ class Stack:
             size = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
             if size > EVL_MAX_BUFSZ:
                 raise oserror(errno.EINVAL, f"MTU of {ifname} needs buffers above {EVL_MAX_BUFSZ}")
+            for stale in [r for r in self.frontcache.routes
+                          if r.port.name == ifname and not r.port.enabled]:
+                self.frontcache.routes.forget(stale.destination)   # tombstones of a disabled port
             port = Port(self, iface, poolsz, size, self.settings.rx_poolsz)
             port.reassembler = Reassembler(self, port)
             self.ports[ifname] = port
@@ -286,7 +289,9 @@ class Stack:
         with self._lock:
             port = self._port_of(port)
             del self.ports[port.name]
-            self.frontcache.purge_port(port)
+            # Neighbours go; routes stay as tombstones pointing at the disabled port, so that
+            # senders get ENETDOWN rather than a silent demotion (dropped on re-enable/flush).
+            self.frontcache.neighbours.purge_port(port)
             port.shutdown()
             port.reassembler.clear()
             self._wake_receivers(port, errno.ENETDOWN)
@@ -304,6 +309,7 @@ class Stack:
     def _interface_vanished(self, port: Port) -> None:
         if self.ports.get(port.name) is port:
             self.disable_port(port)
+        self.frontcache.purge_port(port)        # EVL: NETDEV_GOING_DOWN purges routes too
         if port.iface.kind == "linux":
             self.interfaces.pop(port.name, None)
 

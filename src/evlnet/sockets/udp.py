@@ -275,6 +275,8 @@ class UdpSocket(OobSocket):
         route = stack.frontcache.routes.lookup(dst)
         neigh = None
         if route is not None:
+            if not route.port.enabled:          # the port was disabled under us
+                raise oserror(errno.ENETDOWN, f"port {route.port.name} is disabled")
             neigh = stack.frontcache.neighbours.lookup(route.gateway or dst)
         if neigh is None:
             # Front-cache miss: demote to the in-band stage (EVL's offload path).
