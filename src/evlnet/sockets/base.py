@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+from abc import ABC, abstractmethod
 import os
 import socket as _pysocket
 import struct
@@ -128,7 +129,7 @@ class ReceiveQueue:
         self.items.extend(keep)
 
 
-class OobSocket:
+class OobSocket(ABC):
     """Common base of oob sockets. Subclasses implement ``_send``/``_recv_into`` and addressing.
 
     Timeouts: every blocking call takes ``timeout`` (seconds, relative, as Python's socket module)
@@ -216,17 +217,18 @@ class OobSocket:
     # -- subclass hooks -----------------------------------------------------------------------
     def _unbind(self) -> None: ...
 
+    @abstractmethod
     def _receive_queue(self) -> ReceiveQueue:
-        raise NotImplementedError
+        """The queue ``oob_recvmsg`` reads (may be shared, e.g. SO_REUSEPORT)."""
 
+    @abstractmethod
     def _send(self, views: list, total: int, address: Any, nonblock: bool,
               deadline: int | None, delivery_time: int) -> int:
-        raise NotImplementedError
+        """Build and queue one datagram of *total* bytes gathered from *views*."""
 
+    @abstractmethod
     def _address_of(self, buf: PacketBuffer) -> Any:
-        raise NotImplementedError
-
-    def _payload_limit_check(self, total: int) -> None: ...
+        """The source address ``oob_recvmsg`` reports for a received buffer."""
 
     # -- oob I/O ------------------------------------------------------------------------------
     def oob_sendmsg(self, buffers, ancdata=(), flags: int = 0, address=None, *,
@@ -530,7 +532,7 @@ class OobSocket:
     def _receive_queue_or_none(self) -> ReceiveQueue | None:
         try:
             return self._receive_queue()
-        except (NotImplementedError, OSError):
+        except OSError:
             return None
 
     def _get_evl_option(self, optname: int) -> int:
