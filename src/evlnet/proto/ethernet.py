@@ -66,18 +66,19 @@ class EthernetLayer:
             # EtherType, and every consumer (packet sockets too) sees an untagged frame
             data[off - ETH_HLEN:off - 2] = data[s:s + 12]
             s = buf.start = off - ETH_HLEN
-        dst = data[s:s + 6]
-        if dst == port.mac:
-            buf.pkttype = PACKET_HOST
+        # startswith(prefix, start) compares in place: no 6-byte slice allocated per frame
+        if data.startswith(port.mac, s):
+            pkttype = PACKET_HOST
         elif data[s] & 1:
-            buf.pkttype = PACKET_BROADCAST if dst == BROADCAST else PACKET_MULTICAST
+            pkttype = PACKET_BROADCAST if data.startswith(BROADCAST, s) else PACKET_MULTICAST
         else:
-            buf.pkttype = PACKET_OTHERHOST
+            pkttype = PACKET_OTHERHOST
+        buf.pkttype = pkttype
 
         packet = stack.packet
         if packet.listening and packet.input_frame(port, buf, ethertype, off):
             return                      # a packet socket took the frame
-        if buf.pkttype == PACKET_OTHERHOST:
+        if pkttype == PACKET_OTHERHOST:
             port.counters.rx_otherhost += 1
             buf.release()
             return

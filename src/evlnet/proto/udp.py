@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from ..constants import AF_INET, IPPROTO_UDP, SOCK_DGRAM
 from ..core.buffers import PacketBuffer
-from ..wire.checksum import checksum_add
 from .registry import Protocol
 
 if TYPE_CHECKING:
@@ -88,15 +87,19 @@ class UdpProtocol(Protocol):
         src = buf.src_addr
         dst = buf.dst_addr
         if csum:
-            # pseudo header: addresses, protocol, UDP length; a correct segment sums to 0xFFFF
-            total = ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
-                     + IPPROTO_UDP + ulen)
-            if checksum_add(buf.view[off:end], total) not in (0xFFFF, 0):
+            # pseudo header (addresses, protocol, UDP length) plus the segment; a correct one
+            # sums to one's complement zero (0xFFFF or 0), i.e. to a multiple of 0xFFFF when the
+            # segment is read as one big-endian integer (2**16 == 1 mod 0xFFFF, see checksum.py;
+            # an odd segment is padded with a zero byte). Same test as checksum_add(...) in
+            # (0xFFFF, 0), inlined.
+            value = int.from_bytes(data[off:end], "big")
+            if ulen & 1:
+                value <<= 8
+            if (value + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+                    + IPPROTO_UDP + ulen) % 0xFFFF:
                 counters.csum_errors += 1
                 buf.release()
                 return
-            # checksum_add folds a 0xFFFF total to 0 only when the data sum is a multiple of
-            # 0xFFFF; both are one's complement zero, accepted as valid above.
         slots = self.slots
         slot = slots.get((dport << 32) | dst)
         if slot is None:

@@ -284,35 +284,51 @@ class OobSocket(ABC):
                          timeout: float | None = None, abs_timeout_ns: int | None = None):
         """Like ``oob_recvmsg`` but scatters into writable *buffers*: ``(nbytes, ancdata,
         msg_flags, address)``. Nothing is allocated for the payload."""
-        flags = int(flags)
+        if type(flags) is not int:
+            flags = int(flags)
         if flags & ~RECV_FLAGS:
             raise oserror(errno.EINVAL, f"oob_recvmsg accepts MSG_DONTWAIT|MSG_TIMESTAMP, got {flags:#x}")
         if ancbufsize < 0:
             raise oserror(errno.EINVAL, "negative control buffer size")
-        self._check_open()
+        if self._closed:
+            raise oserror(errno.EBADF, "socket is closed")
         nonblock = bool(flags & _DONTWAIT) or self._nonblocking
-        deadline = deadline_from(timeout, abs_timeout_ns)
+        if timeout is None and abs_timeout_ns is None:
+            deadline = None
+        else:
+            deadline = deadline_from(timeout, abs_timeout_ns)
         if isinstance(buffers, (bytearray, memoryview)):
             buffers = [buffers]
         if flags & _TIMESTAMP:
             return self._collect_tx_timestamps(buffers, nonblock, deadline)
-        if self.tsflags & EVL_SOF_TIMESTAMP_RX and 0 < ancbufsize < IOTIMES_SIZE:
+        ts = self.tsflags
+        if ts & EVL_SOF_TIMESTAMP_RX and 0 < ancbufsize < IOTIMES_SIZE:
             raise oserror(errno.EINVAL, f"control buffer of {ancbufsize} bytes < {IOTIMES_SIZE}")
         queue = self._receive_queue()
         if self.busy_poll_us and not nonblock and not queue.items:
             self._busy_poll(queue, deadline)
         buf = queue.pop(nonblock, deadline)
         try:
-            src = buf.view[buf.start:buf.end]
-            length = buf.end - buf.start
-            copied = 0
-            for b in buffers:
-                mv = memoryview(b).cast("B")
-                n = min(len(mv), length - copied)
-                mv[:n] = src[copied:copied + n]
-                copied += n
-                if copied == length:
-                    break
+            start = buf.start
+            length = buf.end - start
+            if type(buffers) is list and len(buffers) == 1 and type(buffers[0]) is bytearray:
+                # common case, one bytearray: a single slice assignment of equal length (the
+                # bytearray is never resized), no memoryview cast and no loop
+                b = buffers[0]
+                copied = len(b)
+                if copied > length:
+                    copied = length
+                b[:copied] = buf.view[start:start + copied]
+            else:
+                src = buf.view[start:buf.end]
+                copied = 0
+                for b in buffers:
+                    mv = memoryview(b).cast("B")
+                    n = min(len(mv), length - copied)
+                    mv[:n] = src[copied:copied + n]
+                    copied += n
+                    if copied == length:
+                        break
             mflags = _TRUNC if copied < length else 0
             anc = []
             ts = self.tsflags

@@ -47,8 +47,17 @@ def parse_inet_address(address: Any, what: str = "address") -> tuple[int, int]:
     return ip, port
 
 
+_ip_str_cache: dict[int, str] = {}
+
+
 def format_ip(ip: int) -> str:
-    return _pysocket.inet_ntoa(ip.to_bytes(4, "big"))
+    """IPv4 int -> dotted quad; cached (bounded) since every received datagram reports one."""
+    text = _ip_str_cache.get(ip)
+    if text is None:
+        text = _pysocket.inet_ntoa(ip.to_bytes(4, "big"))
+        if len(_ip_str_cache) < 4096:
+            _ip_str_cache[ip] = text
+    return text
 
 
 class UdpSocket(OobSocket):
@@ -173,7 +182,10 @@ class UdpSocket(OobSocket):
         return self._queue
 
     def _address_of(self, buf: PacketBuffer) -> tuple[str, int]:
-        return (format_ip(buf.src_addr), buf.src_port)
+        text = _ip_str_cache.get(buf.src_addr)
+        if text is None:
+            text = format_ip(buf.src_addr)
+        return (text, buf.src_port)
 
     # -- conveniences ---------------------------------------------------------------------------
     def oob_sendto(self, data, address, flags: int = 0, **kw) -> int:
