@@ -158,7 +158,7 @@ from typing import Iterator
 from ..core.buffers import BufferPool, PacketBuffer
 from ..errors import oserror
 from .base import ARPHRD_ETHER, Device
-from .._netns import setns
+from .._netns import inside
 
 __all__ = ["AfPacketDevice", "linux_interface_exists", "ARPHRD_LOOPBACK"]
 
@@ -197,7 +197,6 @@ IFF_RUNNING = 0x40
 IFNAMSIZ = 16
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
-CLONE_NEWNET = 0x40000000
 
 # struct tpacket_block_desc: u32 version, u32 offset_to_priv, tpacket_hdr_v1 hdr @8
 #   hdr: u32 block_status @8, u32 num_pkts @12, u32 offset_to_first_pkt @16, u32 blk_len @20,
@@ -321,8 +320,6 @@ def _realtime_offset_ns() -> int:
     return best
 
 
-def _setns(fd: int) -> None:
-    setns(fd, CLONE_NEWNET)
 
 
 class _SockFilter(ctypes.Structure):
@@ -564,20 +561,8 @@ class AfPacketDevice(Device):
     @contextmanager
     def _in_own_netns(self) -> Iterator[None]:
         """Run the block with this thread in the device's namespace (no-op when already there)."""
-        here = os.stat("/proc/thread-self/ns/net")
-        there = os.fstat(self._ns_fd)
-        if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+        with inside(self._ns_fd):
             yield
-            return
-        orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(self._ns_fd)
-            try:
-                yield
-            finally:
-                _setns(orig)
-        finally:
-            os.close(orig)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ from ..core.interface import Address, Interface
 from ..errors import oserror
 from . import diversion as dv
 from . import rtnl
-from .._netns import setns
+from .._netns import inside
 
 if TYPE_CHECKING:
     from ..core.port import Port
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("evlnet.linux")
 _now = time.monotonic_ns
-CLONE_NEWNET = 0x40000000
 #: How often the monitor re-checks what has no notification (packet sockets, ICMP settings).
 MONITOR_TICK = 0.25
 #: Kernel ARP gives up after ~3 s (mcast_solicit x retrans_time); solicit re-kicks it at this pace.
@@ -85,8 +84,6 @@ def _fmt(ip: int) -> str:
     return socket.inet_ntoa(ip.to_bytes(4, "big"))
 
 
-def _setns(fd: int) -> None:
-    setns(fd, CLONE_NEWNET)
 
 
 def _ns_id(path_or_fd) -> tuple[int, int]:
@@ -155,18 +152,8 @@ class KernelBridge:
     @contextmanager
     def _in_ns(self):
         """Run the block with the calling thread in the bridge's network namespace."""
-        if _ns_id("/proc/thread-self/ns/net") == self._ns:
+        with inside(self._ns_fd):
             yield
-            return
-        orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(self._ns_fd)
-            try:
-                yield
-            finally:
-                _setns(orig)
-        finally:
-            os.close(orig)
 
     # -- interfaces -----------------------------------------------------------------------------
     def open_interface(self, ifname: str) -> Interface:

@@ -52,7 +52,6 @@ ALLOWED_NETWORKS = tuple(
 PREFIX = "evlt-"
 ALIAS_PREFIX = "evlt:"
 NETNS_DIR = "/var/run/netns"
-CLONE_NEWNET = 0x40000000
 
 _counter = itertools.count()
 _IP_TIMEOUT = 10.0
