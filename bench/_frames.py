@@ -9,6 +9,8 @@ import ctypes
 import socket
 import struct
 
+from evlnet.wire.checksum import internet_checksum
+
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 SOL_PACKET = 263
@@ -37,15 +39,7 @@ def mac_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def inet_checksum(data: bytes | bytearray | memoryview) -> int:
-    """RFC 1071 one's-complement checksum."""
-    data = bytes(data)
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+inet_checksum = internet_checksum   # RFC 1071, evlnet's own (wire/checksum.py)
 
 
 def udp_frame(dst_mac: str | bytes, src_mac: str | bytes, src_ip: str, dst_ip: str,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 from evlnet.core.buffers import BufferPool, PacketBuffer
+from evlnet.wire.checksum import internet_checksum
 from evlnet.drivers import afpacket as afp
 from evlnet.drivers.afpacket import (
     AfPacketDevice, linux_interface_exists, parse_link_message,
@@ -46,13 +47,7 @@ RINGS = ("v2", "v3")
 # frame helpers
 # ------------------------------------------------------------------------------------------
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+_csum = internet_checksum
 
 
 def udp_frame(src_mac: bytes, dst_mac: bytes, src_ip: str, dst_ip: str, sport: int, dport: int,

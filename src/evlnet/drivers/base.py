@@ -6,10 +6,12 @@ protocols — lives above it in ``evlnet.core``.
 """
 from __future__ import annotations
 
+import errno
 from abc import ABC, abstractmethod
 from typing import Callable
 
 from ..core.buffers import BufferPool, PacketBuffer
+from ..errors import oserror
 
 ARPHRD_ETHER = 1
 
@@ -79,8 +81,9 @@ class Device(ABC):
 
     def wait_ready(self, timeout: float | None) -> None:
         """Optional (enables busy polling): block until a frame may be ready, ``wake()`` or the
-        timeout, without consuming. Devices without it are only read by the RX thread."""
-        raise NotImplementedError
+        timeout, without consuming. Devices without it are only read by the RX thread (the port
+        sees this base method is not overridden and never calls it)."""
+        raise oserror(errno.EOPNOTSUPP, f"{self.name} cannot be busy-polled")
 
     @abstractmethod
     def wake(self) -> None:

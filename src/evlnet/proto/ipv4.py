@@ -2,13 +2,11 @@
 fragmentation on TX."""
 from __future__ import annotations
 
-import errno
 import struct
 import time
 from typing import TYPE_CHECKING
 
 from ..core.buffers import BufferPool, PacketBuffer
-from ..errors import oserror
 from ..wire.checksum import checksum_add, internet_checksum
 
 if TYPE_CHECKING:
@@ -299,8 +297,3 @@ def segment_checksum_sum(pieces) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
-
-
-def check_mtu(port: "Port", length: int) -> None:
-    if length > port.mtu:
-        raise oserror(errno.EMSGSIZE, f"{length} bytes exceed the MTU of {port.name}")
