@@ -2,6 +2,8 @@
 
 It shows the protocol registration API: a ``Protocol`` subclass hooks into the stack by
 EtherType, and owns the sockets created with ``socket(AF_OOB, SOCK_DGRAM | SOCK_OOB, 0x88B5)``.
+The compiled core hands every beacon frame up to the in-band stage (``input_frame``), which
+queues it on the socket's core queue; sends go out through the port's TX path.
 A beacon frame is Ethernet + a 2-byte channel number + payload; sockets bind to a channel and
 send to ``(mac, channel)``.
 
@@ -15,7 +17,8 @@ import struct
 import evlnet
 from evlnet import AF_OOB, SOCK_DGRAM, SOCK_OOB
 from evlnet.errors import oserror
-from evlnet.sockets.base import OobSocket, ReceiveQueue
+from evlnet.proto.registry import InbandPacket
+from evlnet.sockets.base import OobSocket
 
 ETH_P_BEACON = 0x88B5
 _HDR = struct.Struct("!6s6sHH")      # dst, src, EtherType, channel
@@ -27,7 +30,6 @@ class BeaconSocket(OobSocket):
         self.protocol = protocol
         self.channel: int | None = None
         self.port = None
-        self.queue = ReceiveQueue(self.rcvbuf)
 
     def bind(self, address) -> None:
         """Bind to ``(ifname, channel)``."""
@@ -42,13 +44,12 @@ class BeaconSocket(OobSocket):
     def _unbind(self) -> None:
         if self.channel is not None:
             self.protocol.channels.pop(self.channel, None)
-        self.queue.purge()
 
-    def _receive_queue(self) -> ReceiveQueue:
-        return self.queue
-
-    def _address_of(self, buf):
-        return (bytes(buf.data[buf.start - 10:buf.start - 4]), self.channel)   # source MAC
+    def _recv(self, target, nonblock, deadline):
+        # the socket's queue lives in the core; its entries carry the sender's MAC
+        n, length, _port, _proto, _pkttype, src_mac, dt, qt, delt = \
+            self._core.recv_frame_into(target, nonblock, deadline)
+        return n, length, (src_mac, self.channel), (dt, qt, delt)
 
     def _send(self, views, total, address, nonblock, deadline, delivery_time) -> int:
         if address is None or self.port is None:
@@ -58,16 +59,8 @@ class BeaconSocket(OobSocket):
         port.check_sendable()
         if total + _HDR.size - 14 > port.mtu:
             raise oserror(errno.EMSGSIZE, "beacon larger than the MTU")
-        buf = port.take_tx_buffer(nonblock, deadline)
-        _HDR.pack_into(buf.data, 0, mac, port.mac, ETH_P_BEACON, channel)
-        pos = _HDR.size
-        for v in views:
-            n = memoryview(v).nbytes
-            buf.data[pos:pos + n] = v
-            pos += n
-        buf.start, buf.end = 0, max(pos, 60)
-        buf.sock, buf.tsflags, buf.delivery_time = self, self.tsflags, delivery_time
-        port.transmit(buf)
+        frame = _HDR.pack(mac, port.mac, ETH_P_BEACON, channel) + b"".join(bytes(v) for v in views)
+        port.transmit_frame(frame, self._core, self.tsflags, nonblock, deadline)
         return total
 
 
@@ -88,19 +81,18 @@ class BeaconProtocol(evlnet.Protocol):
     def create_socket(self, family, sock_type, proto, flags):
         return BeaconSocket(self.stack, family, sock_type, proto, self)
 
-    def input(self, port, buf, offset) -> None:
-        """RX thread: *offset* is where the beacon header (the channel) starts."""
-        if buf.end - offset < 2:
+    def input_frame(self, port, pkt: InbandPacket) -> None:
+        """In-band (the core hands beacon frames up): queue the payload on the channel's socket.
+        ``pkt.payload`` starts with the channel number."""
+        body = pkt.payload
+        if len(body) < 2:
             self.dropped += 1
-            buf.release()
             return
-        channel = (buf.data[offset] << 8) | buf.data[offset + 1]
-        sock = self.channels.get(channel)
-        buf.start = offset + 2
+        sock = self.channels.get((body[0] << 8) | body[1])
         # minimum-size frames are padded: the payload length is not carried, keep it as is
-        if sock is None or not sock.queue.push(buf):
+        if sock is None or not sock._core.deliver(self.stack.core, port.id, body[2:],
+                                                  src_mac=pkt.src_mac, protocol=ETH_P_BEACON):
             self.dropped += 1
-            buf.release()
 
 
 def main() -> None:

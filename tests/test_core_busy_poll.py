@@ -7,28 +7,30 @@ import pytest
 
 from evlnet.sockets.base import SO_BUSY_POLL
 from evlnet import MSG_DONTWAIT, SOL_SOCKET
-from virtual_fixtures import A_IP, B_IP, make_pair, pair, raises_errno, stacks  # noqa: F401
+from virtual_fixtures import (A_IP, B_IP, make_pair, pair, raises_errno, stacks,  # noqa: F401
+                              wait_until)
 
 
-def park_rx_thread(device, monkeypatch):
-    """Keep the port's RX thread asleep: only a busy poller can consume frames."""
-    release = threading.Event()
-    parked = threading.Event()
+class _Release:
+    def __init__(self, port) -> None:
+        self.port = port
 
-    def wait_ready(timeout):
-        parked.set()
-        release.wait(timeout or 1)
+    def set(self) -> None:
+        self.port.core.pause_rx_thread(False)
 
-    monkeypatch.setattr(device, "wait_ready", wait_ready)
-    device.wake()                      # leave the original wait_ready, enter ours
-    assert parked.wait(5)
-    return release
+
+def park_rx_thread(port, monkeypatch):
+    """Keep the port's RX thread asleep (the core's test hook): only a busy poller can consume
+    frames. Returns an object whose ``set()`` lets the thread run again."""
+    port.core.pause_rx_thread(True)
+    assert wait_until(lambda: port.core.rx_thread_parked)
+    return _Release(port)
 
 
 def test_busy_poller_receives_while_rx_thread_sleeps(make_pair, monkeypatch):
     p = make_pair()
     sa, sb = p.solicited_pair()
-    park_rx_thread(p.link.b, monkeypatch)
+    park_rx_thread(p.pb, monkeypatch)
     sb.setsockopt(SOL_SOCKET, SO_BUSY_POLL, 200_000)
     assert sb.getsockopt(SOL_SOCKET, SO_BUSY_POLL) == 200_000
     for i in range(50):
@@ -40,7 +42,7 @@ def test_busy_poller_receives_while_rx_thread_sleeps(make_pair, monkeypatch):
 def test_without_busy_poll_a_sleeping_rx_thread_delivers_nothing(make_pair, monkeypatch):
     p = make_pair()
     sa, sb = p.solicited_pair()
-    release = park_rx_thread(p.link.b, monkeypatch)
+    release = park_rx_thread(p.pb, monkeypatch)
     sa.oob_sendmsg([b"late"], address=(B_IP, 6000))
     with raises_errno(errno.ETIMEDOUT):
         sb.oob_recvmsg(100, timeout=0.1)

@@ -13,7 +13,7 @@ from scapy.packet import Raw
 
 from evlnet import AF_PACKET, ETH_P_ALL, SOCK_OOB, SOCK_RAW
 from virtual_fixtures import (A_IP, B_IP, make_pair, mac_str, pair,  # noqa: F401
-                              stack_threads, stacks, wait_until)
+                              os_thread_names, stack_threads, stacks, wait_until)
 
 #: What the heap may move by between the 2 000th and the 10 000th datagram without anything
 #: growing per packet (allocator noise, a dict or deque resizing once). A leak of a single small
@@ -61,7 +61,8 @@ def test_memory_does_not_grow_with_packet_count(pair):
 def test_no_thread_left_and_pools_full_after_close_and_disable(make_pair):
     p = make_pair(poolsz=64)
     names = [p.A.name, p.B.name, p.link.a.name, p.link.b.name]
-    assert len(stack_threads(*names)) == 6                  # rx, tx per port + two in-band
+    # rx, tx per port (core threads, named as they start); in-band, events per stack
+    assert wait_until(lambda: len(stack_threads(*names)) == 8)
     sa, sb = p.solicited_pair()
     tap = p.B.socket(AF_PACKET, SOCK_RAW | SOCK_OOB, pysocket.htons(ETH_P_ALL))
     unread = p.udp(p.B, (B_IP, 6001))
@@ -77,25 +78,26 @@ def test_no_thread_left_and_pools_full_after_close_and_disable(make_pair):
     raw = p.A.socket(AF_PACKET, SOCK_RAW | SOCK_OOB, pysocket.htons(ETH_P_ALL))
     raw.oob_sendmsg([bytes(Ether(dst=mac_str(p.link.b.mac), src=mac_str(p.link.a.mac)) / frag)],
                     address=(p.link.a.name, ETH_P_ALL))
-    assert wait_until(lambda: p.pb.reassembler.held == 1)
-    assert wait_until(lambda: len(unread._queue.items) == 20)
+    assert wait_until(lambda: p.pb.reassembly.pending == 1)
+    assert wait_until(lambda: len(unread._core) == 20)
     assert p.pb.rx_pool.free < p.pb.rx_pool.total           # buffers are held right now
 
     p.B.disable_port(p.pb)                                  # B: disable with sockets still open
     assert p.pb.rx_pool.free == p.pb.rx_pool.total
     assert p.pb.tx_pool.free == p.pb.tx_pool.total
-    assert p.pb.reassembler.held == 0
-    with_unread = [s for s in (unread, tap) if s._receive_queue().items]
+    assert p.pb.reassembly.pending == 0
+    with_unread = [s for s in (unread, tap) if len(s._core)]
     assert not with_unread
     assert not stack_threads(p.link.b.name)
     p.B.close()
     p.A.close()                                             # A: close with everything open
     assert p.pa.rx_pool.free == p.pa.rx_pool.total
     assert p.pa.tx_pool.free == p.pa.tx_pool.total
-    assert p.A.reasm_pool.free == p.A.reasm_pool.total
-    assert p.B.reasm_pool.free == p.B.reasm_pool.total
+    for port in (p.pa, p.pb):
+        state = port.reassembly
+        assert state.pending == 0 and state.buffers_free == state.buffers_total
     assert all(s.closed and s.fileno() == -1 for s in (sa, sb, tap, unread, raw))
     leftover = stack_threads(*names)
     assert not leftover, leftover
-    assert not [t for t in threading.enumerate()
-                if t.name.endswith((".rx", ".tx", ".inband")) and t.name.split(".")[0] in names]
+    assert not [t for t in os_thread_names()
+                if t.endswith((".rx", ".tx", ".inband", ".events")) and t.split(".")[0] in names]

@@ -1,9 +1,9 @@
 """The main job (README's first command) runs and reports in `evl net -Q` format."""
 import io
 import re
-import threading
 
 from evlnet.tools import demo
+from virtual_fixtures import os_thread_names
 
 
 def test_demo_exchanges_and_prints_both_ports():
@@ -18,7 +18,7 @@ def test_demo_exchanges_and_prints_both_ports():
         assert st.skb_free == st.skb_total == 2048
         assert st.tx_packets >= report["exchanges"] and st.rx_packets >= report["exchanges"]
     assert re.search(r"round trip \(us\): min [\d.]+ +p50 [\d.]+", text)
-    assert not [t for t in threading.enumerate() if t.name.startswith("vlink")]
+    assert not [t for t in os_thread_names() if t.startswith("vlink")]
 
 
 def test_demo_main_exit_code():

@@ -305,12 +305,12 @@ def _try_recv(s):
 def test_genuine_socket_reserves_the_port_and_does_inband_io(pair):
     with KernelUdp(pair.b, B_IP, 7000, echo=False) as sink:
         s = pair.oob_socket((A_IP, 7300))
-        assert s.fileno() >= 0
+        assert s.fileno() >= 0 and s.kernel_fileno() >= 0
         with pytest.raises(OSError) as ei:
             kernel_socket(pair.a, (A_IP, 7300))
         assert ei.value.errno == errno.EADDRINUSE
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 17)              # standard option...
-        with socket.socket(fileno=os.dup(s.fileno())) as k:               # ...reaches the kernel
+        with socket.socket(fileno=os.dup(s.kernel_fileno())) as k:        # ...reaches the kernel
             assert k.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) == 17
             assert k.getsockname() == (A_IP, 7300)
         assert s.sendto(b"inband", (B_IP, 7000)) == 6                   # through the kernel

@@ -19,10 +19,15 @@ import pytest
 from evlnet import (AF_INET, AF_PACKET, EVL_SOF_TIMESTAMP_DEVICE, EVL_SOF_TIMESTAMP_QUEUING,
                     EVL_SOF_TIMESTAMP_RX, EVL_SOF_TIMESTAMP_TX, EVL_SOF_TIMESTAMPS,
                     EVL_TX_TSRING_SIZE, MSG_DONTWAIT, MSG_TIMESTAMP, MSG_TRUNC, SO_TIMESTAMP_OOB,
-                    SOCK_DGRAM, SOCK_OOB, SOCK_RAW, SOL_SOCKET, IoTimes, Stack, TxTimestampRing,
+                    SOCK_DGRAM, SOCK_OOB, SOCK_RAW, SOL_SOCKET, IoTimes, Stack,
                     VirtualLink)
-from evlnet.core.buffers import Doorbell
-from evlnet.core.timestamps import IOTIMES_SIZE, RX_STAMPING
+from evlnet import _core
+from evlnet.core.timestamps import IOTIMES_SIZE
+
+
+def rx_stamping_count() -> int:
+    """Sockets with RX stamping on, process-wide (the core's EVL evl_net_rx_timestamping)."""
+    return _core.Stack.rx_stamping_count()
 
 RX, TX, DEV, QUE = (EVL_SOF_TIMESTAMP_RX, EVL_SOF_TIMESTAMP_TX, EVL_SOF_TIMESTAMP_DEVICE,
                     EVL_SOF_TIMESTAMP_QUEUING)
@@ -111,22 +116,6 @@ def rx_record(anc) -> IoTimes:
     return IoTimes.unpack(data)
 
 
-class SpyBell(Doorbell):
-    """A Doorbell that records the timeouts it is waited with and tells when a waiter is in."""
-
-    __slots__ = ("timeouts", "waiting")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.timeouts: list = []
-        self.waiting = threading.Event()
-
-    def wait(self, timeout=None):
-        self.timeouts.append(timeout)
-        self.waiting.set()
-        return super().wait(timeout)
-
-
 class Collector(threading.Thread):
     def __init__(self, fn, *args, **kw) -> None:
         super().__init__(daemon=True)
@@ -164,29 +153,6 @@ def test_iotimes_layout_roundtrip():
         IoTimes.unpack(data[:23])
     with pytest.raises(ValueError):
         IoTimes.unpack_array(blob[:-1])
-
-
-def test_ring_fifo_wraps_and_reports_overflow_once():
-    ring = TxTimestampRing()
-    assert ring.capacity == EVL_TX_TSRING_SIZE == 128
-    out = bytearray(24 * 200)
-    for i in range(100):
-        assert ring.push(i, i, i)
-    assert ring.pop_into(out, 90) == (90, False)
-    for i in range(100, 300):                   # wraps; 128 fit, the newest 72 are dropped
-        ring.push(i, i, i)
-    assert len(ring) == 128
-    assert not ring.push(0, 0, 0)
-    n, trunc = ring.pop_into(out, 200)
-    assert (n, trunc) == (128, True)
-    got = [r.device_time for r in IoTimes.unpack_array(out[:n * 24])]
-    assert got == list(range(90, 218))          # oldest kept, in order (EVL drops the newest)
-    assert ring.pop_into(out, 1) == (0, False)
-    ring.push(7, 8, 9)
-    assert ring.pop_into(out, 1) == (1, False)  # reported once only
-    ring.push(1, 2, 3)
-    ring.reset()
-    assert len(ring) == 0 and ring.pop_into(out, 4) == (0, False)
 
 
 # -- SO_TIMESTAMP_OOB -------------------------------------------------------------------------
@@ -234,7 +200,7 @@ def test_setting_the_option_resets_the_ring(net, setter):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
     for i in range(5):
         net.send(b"%d" % i)
-    assert wait_until(lambda: len(sa.tx_ring) == 5)
+    assert wait_until(lambda: sa._core.tx_records == 5)
     getattr(sa, setter)(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)   # same value: reset
     assert errno_of(sa.oob_recvmsg, 240, 0, MSG_TIMESTAMP | MSG_DONTWAIT) == errno.EWOULDBLOCK
     net.send(b"after")
@@ -247,7 +213,7 @@ def test_reset_also_forgets_an_overflow(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     for i in range(EVL_TX_TSRING_SIZE + 3):
         net.send(b"%d" % i)
-    assert wait_until(lambda: sa.tx_ring.dropped == 3)
+    assert wait_until(lambda: sa._core.tx_records_dropped == 3)
     sa.oob_setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     net.send(b"x")
     recs, truncs = collect(sa, 1)
@@ -255,16 +221,16 @@ def test_reset_also_forgets_an_overflow(net):
 
 
 def test_rx_stamping_users_count(net):
-    base = RX_STAMPING.count
+    base = rx_stamping_count()
     net.sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, RX)
     net.sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, RX | DEV)       # still one user
-    assert RX_STAMPING.count == base + 1
+    assert rx_stamping_count() == base + 1
     net.sb.oob_setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
-    assert RX_STAMPING.count == base + 2
+    assert rx_stamping_count() == base + 2
     net.sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
-    assert RX_STAMPING.count == base + 1
+    assert rx_stamping_count() == base + 1
     net.sb.close()
-    assert RX_STAMPING.count == base
+    assert rx_stamping_count() == base
 
 
 # -- RX ---------------------------------------------------------------------------------------
@@ -324,10 +290,10 @@ def test_rx_ancdata_absent_when_off_present_when_on(net):
 
 
 def test_rx_datagram_queued_before_stamping_has_no_stamps(net):
-    assert RX_STAMPING.count == 0, "a socket of another test still has RX stamping on"
+    assert rx_stamping_count() == 0, "a socket of another test still has RX stamping on"
     sb = net.sb
     net.send(b"early")
-    assert wait_until(lambda: sb._receive_queue().items)
+    assert wait_until(lambda: len(sb._core))
     sb.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
     data, anc, _, _ = sb.oob_recvmsg(100, 24, timeout=5)
     assert data == b"early" and anc == []          # EVL: msg_controllen set to 0
@@ -342,7 +308,7 @@ def test_rx_short_control_buffer_einval(net, ancbufsize):
     sb = net.sb
     sb.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, RX)
     net.send(b"keep me")
-    assert wait_until(lambda: sb._receive_queue().items)
+    assert wait_until(lambda: len(sb._core))
     assert errno_of(sb.oob_recvmsg, 100, ancbufsize, timeout=5) == errno.EINVAL
     assert errno_of(sb.oob_recvmsg_into, [bytearray(100)], ancbufsize) == errno.EINVAL
     # the datagram was not consumed by the failed calls
@@ -390,7 +356,7 @@ def test_tx_points_per_mask(net, mask):
     if not mask & TX:
         assert errno_of(sa.oob_recvmsg, 24, 0, MSG_TIMESTAMP | MSG_DONTWAIT) == errno.EINVAL
         assert errno_of(sa.oob_recvmsg, 24, 0, MSG_TIMESTAMP) == errno.EINVAL
-        assert len(sa.tx_ring) == 0
+        assert sa._core.tx_records == 0
         return
     data, anc, flags, addr = sa.oob_recvmsg(24 * 16, 0, MSG_TIMESTAMP, timeout=5)
     assert len(data) == 24 and anc == [] and flags == 0 and addr is None
@@ -407,7 +373,7 @@ def test_tx_collect_as_many_as_fit(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     for i in range(10):
         net.send(b"%d" % i)
-    assert wait_until(lambda: len(sa.tx_ring) == 10)
+    assert wait_until(lambda: sa._core.tx_records == 10)
     data, _, flags, _ = sa.oob_recvmsg(24 * 4 + 23, 0, MSG_TIMESTAMP)   # room for 4
     assert len(data) == 96 and flags == 0
     buf = bytearray(24 * 16)
@@ -423,7 +389,7 @@ def test_tx_records_straddle_buffers(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
     net.send(b"a")
     net.send(b"b")
-    assert wait_until(lambda: len(sa.tx_ring) == 2)
+    assert wait_until(lambda: sa._core.tx_records == 2)
     parts = [bytearray(10), bytearray(30), bytearray(9)]      # 49 bytes: room for 2 records
     n, _, _, _ = sa.oob_recvmsg_into(parts, 0, MSG_TIMESTAMP)
     assert n == 48
@@ -443,14 +409,14 @@ def test_tx_errors(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     # less room than one record, even with records queued
     net.send(b"x")
-    assert wait_until(lambda: len(sa.tx_ring) == 1)
+    assert wait_until(lambda: sa._core.tx_records == 1)
     for size in (0, 1, 23):
         assert errno_of(sa.oob_recvmsg, size, 0, MSG_TIMESTAMP) == errno.EINVAL
     assert errno_of(sa.oob_recvmsg_into, [bytearray(12), bytearray(11)], 0,
                     MSG_TIMESTAMP) == errno.EINVAL
     assert errno_of(sa.oob_recvmsg_into, [], 0, MSG_TIMESTAMP) == errno.EINVAL
     assert errno_of(sa.oob_collect_tx_timestamps, 0) == errno.EINVAL
-    assert len(sa.tx_ring) == 1
+    assert sa._core.tx_records == 1
     assert len(sa.oob_collect_tx_timestamps(4, MSG_DONTWAIT)[0]) == 1
     # nothing there: EWOULDBLOCK with MSG_DONTWAIT or a non-blocking socket, ETIMEDOUT with a
     # timeout (relative or EVL's absolute form)
@@ -475,8 +441,8 @@ def test_tx_overflow_reported_once(net):
     total = EVL_TX_TSRING_SIZE + 22
     for i in range(total):
         net.send(b"%d" % i)
-    assert wait_until(lambda: net.pa.stats().tx_packets >= total and sa.tx_ring.dropped == 22)
-    assert len(sa.tx_ring) == EVL_TX_TSRING_SIZE
+    assert wait_until(lambda: net.pa.stats().tx_packets >= total and sa._core.tx_records_dropped == 22)
+    assert sa._core.tx_records == EVL_TX_TSRING_SIZE
     recs, truncs = [], []
     while True:                                   # drain in chunks of 16
         try:
@@ -493,10 +459,10 @@ def test_tx_overflow_reported_once(net):
     recs, truncs = collect(sa, 1)
     assert truncs == [False]
     # the binary form reports it too
-    dropped = sa.tx_ring.dropped
+    dropped = sa._core.tx_records_dropped
     for i in range(EVL_TX_TSRING_SIZE + 1):
         net.send(b"%d" % i)
-    assert wait_until(lambda: sa.tx_ring.dropped == dropped + 1)
+    assert wait_until(lambda: sa._core.tx_records_dropped == dropped + 1)
     data, _, flags, _ = sa.oob_recvmsg(24 * 200, 0, MSG_TIMESTAMP)
     assert len(data) == 24 * EVL_TX_TSRING_SIZE and flags == MSG_TRUNC
     net.send(b"more")
@@ -506,14 +472,14 @@ def test_tx_overflow_reported_once(net):
 def test_tx_fragmented_datagram_one_record(net):
     sa = net.sa
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
-    frames_before = net.link.a.tx_frames
+    frames_before = net.pa.stats().tx_packets
     big = bytes(4096)                             # 3 IP fragments
     net.send(big)
     net.send(b"small")
     assert net.sb.oob_recvmsg(70000, timeout=5)[0] == big
     assert net.sb.oob_recvmsg(100, timeout=5)[0] == b"small"
     recs, _ = collect(sa, 2)
-    assert net.link.a.tx_frames - frames_before == 4
+    assert net.pa.stats().tx_packets - frames_before == 4
     assert errno_of(sa.oob_recvmsg, 240, 0, MSG_TIMESTAMP | MSG_DONTWAIT) == errno.EWOULDBLOCK
     for io in recs:
         assert 0 < io.delivery_time <= io.queuing_time <= io.device_time
@@ -526,10 +492,9 @@ def test_tx_fragmented_datagram_one_record(net):
 def test_blocking_collection_woken_by_a_transmit(net):
     sa = net.sa
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
-    spy = sa._ts_bell = SpyBell()
     c = Collector(sa.oob_recvmsg, 24 * 16, 0, MSG_TIMESTAMP)        # no timeout: wait forever
     c.start()
-    assert spy.waiting.wait(5), "collector did not block"
+    assert wait_until(lambda: sa._core.waiters == 1), "collector did not block"
     assert c.is_alive()
     sender = threading.Thread(target=net.send, args=(b"wake",))
     sender.start()
@@ -539,23 +504,19 @@ def test_blocking_collection_woken_by_a_transmit(net):
     data, _, flags, _ = c.result
     (io,) = IoTimes.unpack_array(data)
     assert 0 < io.delivery_time <= io.queuing_time <= io.device_time
-    # woken by the push itself: the collector never polled with a bounded wait
-    assert spy.timeouts and all(t is None for t in spy.timeouts)
 
 
 def test_blocking_collection_with_deadline_woken_by_a_transmit(net):
     sa = net.sa
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX | DEV)
-    spy = sa._ts_bell = SpyBell()
     c = Collector(sa.oob_collect_tx_timestamps, 4, timeout=30)
     c.start()
-    assert spy.waiting.wait(5)
+    assert wait_until(lambda: sa._core.waiters == 1)
     net.send(b"wake")
     c.finish()
     assert c.error is None, c.error
     recs, trunc = c.result
     assert len(recs) == 1 and not trunc and recs[0].queuing_time == 0
-    assert len(spy.timeouts) == 1                 # one wait, ended by the push (no polling)
 
 
 def test_close_wakes_every_blocked_collector(net):
@@ -564,7 +525,7 @@ def test_close_wakes_every_blocked_collector(net):
     collectors = [Collector(sa.oob_recvmsg, 24, 0, MSG_TIMESTAMP) for _ in range(3)]
     for c in collectors:
         c.start()
-    assert wait_until(lambda: sa._ts_waiters == 3)
+    assert wait_until(lambda: sa._core.waiters == 3)
     sa.close()
     for c in collectors:
         c.finish()
@@ -576,7 +537,7 @@ def test_turning_tx_off_wakes_a_blocked_collector(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     c = Collector(sa.oob_collect_tx_timestamps, 1)
     c.start()
-    assert wait_until(lambda: sa._ts_waiters == 1)
+    assert wait_until(lambda: sa._core.waiters == 1)
     sa.oob_setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, RX)
     c.finish()
     assert isinstance(c.error, OSError) and c.error.errno == errno.EINVAL
@@ -588,7 +549,7 @@ def test_two_collectors_share_the_records(net):
     collectors = [Collector(sa.oob_collect_tx_timestamps, 1, timeout=10) for _ in range(2)]
     for c in collectors:
         c.start()
-    assert wait_until(lambda: sa._ts_waiters == 2)
+    assert wait_until(lambda: sa._core.waiters == 2)
     net.send(b"1")
     net.send(b"2")
     got = []
@@ -649,13 +610,13 @@ def test_packet_blocking_collection_woken_and_closed(net):
     pa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX | QUE)
     c = Collector(pa.oob_collect_tx_timestamps, 2)
     c.start()
-    assert wait_until(lambda: pa._ts_waiters == 1)
+    assert wait_until(lambda: pa._core.waiters == 1)
     pa.oob_sendmsg([net.frame()])
     c.finish()
     assert c.error is None and len(c.result[0]) == 1 and c.result[0][0].device_time == 0
     c = Collector(pa.oob_collect_tx_timestamps, 2)
     c.start()
-    assert wait_until(lambda: pa._ts_waiters == 1)
+    assert wait_until(lambda: pa._core.waiters == 1)
     pa.close()
     c.finish()
     assert c.error.errno == errno.EBADF

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import os
 import socket as pysocket
 import threading
 import time
@@ -74,7 +75,7 @@ def extra(stack: Stack, port) -> dict:
 
 
 class WireTap:
-    """Records every frame that reaches one end of a virtual link.
+    """Records every frame that reaches one end of a virtual link (the core's tap hook).
 
     With ``passthrough`` the frame is then delivered as usual (to the port enabled on that end),
     otherwise the end behaves as a raw wire the test reads.
@@ -83,39 +84,37 @@ class WireTap:
     def __init__(self, end: VirtualInterface, passthrough: bool = True) -> None:
         self.end = end
         self.passthrough = passthrough
-        self.frames: list[bytes] = []
-        self._cond = threading.Condition()
-        self._orig = end._arrive
-        end._arrive = self._arrive          # instance attribute shadows the method
+        self._frames: list[bytes] = []
+        end.set_tap(True, passthrough)
 
-    def _arrive(self, frame) -> None:
-        with self._cond:
-            self.frames.append(bytes(frame))
-            self._cond.notify_all()
-        if self.passthrough:
-            self._orig(frame)
+    def _collect(self) -> None:
+        self._frames.extend(self.end.take_tapped())
+
+    @property
+    def frames(self) -> list[bytes]:
+        """Every frame recorded so far, in arrival order."""
+        self._collect()
+        return self._frames
 
     def clear(self) -> None:
-        with self._cond:
-            self.frames.clear()
+        self._collect()
+        self._frames.clear()
 
     def wait_for(self, predicate, timeout: float = 5.0, count: int = 1) -> list[bytes]:
         """Wait until *count* recorded frames satisfy *predicate*; returns them (in order)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                hits = [f for f in self.frames if predicate(f)]
-                if len(hits) >= count:
-                    return hits
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"only {len(hits)}/{count} matching frames "
-                                         f"among {len(self.frames)} seen")
-                self._cond.wait(remaining)
+        while True:
+            hits = [f for f in self.frames if predicate(f)]
+            if len(hits) >= count:
+                return hits
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"only {len(hits)}/{count} matching frames "
+                                     f"among {len(self.frames)} seen")
+            self.end.wait_tapped(min(remaining, 0.05))
 
     def restore(self) -> None:
-        with contextlib.suppress(AttributeError):
-            del self.end._arrive
+        self.end.set_tap(False, True)
 
 
 class StackFactory:
@@ -209,7 +208,8 @@ class Solo:
         return self.link.b.mac
 
     def inject(self, frame) -> None:
-        self.link.a.transmit(bytes(frame))
+        """Put *frame* on the wire towards B, whatever it holds (runts included)."""
+        self.link.b.inject(bytes(frame))
 
     def udp(self, bind):
         s = self.B.socket(AF_INET, SOCK_DGRAM | SOCK_OOB)
@@ -240,30 +240,38 @@ def solo(make_solo) -> Solo:
     return make_solo()
 
 
+class _Polled:
+    """An Event-like view of a condition that is polled (``wait``/``is_set``)."""
+
+    def __init__(self, predicate) -> None:
+        self._predicate = predicate
+
+    def is_set(self) -> bool:
+        return bool(self._predicate())
+
+    def wait(self, timeout: float = 5.0) -> bool:
+        return bool(wait_until(self._predicate, timeout, 0.001))
+
+
 class TxGate:
-    """Holds every frame an end transmits until ``open()`` (a deterministic "slow device")."""
+    """Holds every frame an end transmits inside the device until ``open()`` (a deterministic
+    "slow device"; the core's TX gate hook)."""
 
     def __init__(self, end: VirtualInterface) -> None:
         self.end = end
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.held = 0
-        self._orig = end.transmit
-        end.transmit = self._transmit
+        self._base = end.core_device.tx_held()
+        end.core_device.hold_tx(True)
+        self.entered = _Polled(lambda: self.held > 0)
 
-    def _transmit(self, frame) -> None:
-        self.held += 1
-        self.entered.set()
-        self.gate.wait(30)
-        self._orig(frame)
+    @property
+    def held(self) -> int:
+        return self.end.core_device.tx_held() - self._base
 
     def open(self) -> None:
-        self.gate.set()
+        self.end.core_device.hold_tx(False)
 
     def restore(self) -> None:
-        self.gate.set()
-        with contextlib.suppress(AttributeError):
-            del self.end.transmit
+        self.open()
 
 
 @pytest.fixture
@@ -284,10 +292,24 @@ def tx_gate(stacks):
             g.restore()
 
 
+def os_thread_names() -> list[str]:
+    """Names of every thread of this process: Python's (``threading``) and the core's (from
+    ``/proc/self/task``, where the kernel keeps 15 characters)."""
+    names = [t.name for t in threading.enumerate()]
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:          # the thread ended meanwhile
+            pass
+    return names
+
+
 def stack_threads(*names: str) -> list[str]:
-    """Live threads named after the given interfaces / stacks (``<n>.rx``, ``.tx``, ``.inband``)."""
-    wanted = {f"{n}.{suffix}" for n in names for suffix in ("rx", "tx", "inband")}
-    return [t.name for t in threading.enumerate() if t.name in wanted]
+    """Live threads named after the given interfaces / stacks: the core's ``<if>.rx`` and
+    ``<if>.tx``, Python's ``<stack>.inband`` and ``<stack>.events``."""
+    wanted = {f"{n}.{suffix}"[:15] for n in names for suffix in ("rx", "tx", "inband", "events")}
+    return [name for name in os_thread_names() if name in wanted]
 
 
 def join_thread(t: threading.Thread, timeout: float = 5.0) -> None:
@@ -320,5 +342,5 @@ class Runner(threading.Thread):
 __all__ = [
     "A_IP", "B_IP", "G_IP", "NOBODY_IP", "Pair", "Runner", "Solo", "StackFactory", "TxGate", "WireTap",
     "evlnet", "extra", "ip2int", "join_thread", "mac_str", "make_pair", "make_solo", "pair",
-    "raises_errno", "solo", "stack_threads", "stacks", "tx_gate", "unique", "wait_until",
+    "os_thread_names", "raises_errno", "solo", "stack_threads", "stacks", "tx_gate", "unique", "wait_until",
 ]

@@ -1,4 +1,5 @@
-"""evlnet — an out-of-band network stack for stock Linux, in Python, modelled on EVL's.
+"""evlnet — an out-of-band network stack for stock Linux, modelled on EVL's: a compiled data
+path (``evlnet._core``, Rust) whose threads never take the GIL, and this Python API.
 
 The module-level functions act on a default stack, so programs read like EVL's C API::
 
@@ -19,14 +20,13 @@ from .constants import *  # noqa: F401,F403  (EVL's constants, with EVL's values
 from .constants import __dict__ as _c  # type: ignore[attr-defined]
 from .core.frontcache import Neighbour, Route
 from .core.port import Port
-from .core.qdisc import FifoQdisc, Qdisc, register_qdisc
 from .core.stack import Stack, StackSettings
 from .core.stats import DevStat
-from .core.timestamps import IoTimes, TxTimestampRing
+from .core.timestamps import IoTimes
 from .drivers.virtual import VirtualInterface, VirtualLink, VirtualVlan
 from .proto.registry import Protocol
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _default: Stack | None = None
 _default_lock = threading.Lock()
@@ -76,8 +76,8 @@ def solicit(sock: Any, peer: Any, flags: int = 0) -> None:
 
 
 __all__ = [
-    "Stack", "StackSettings", "Port", "DevStat", "IoTimes", "TxTimestampRing", "Route",
-    "Neighbour", "Qdisc", "FifoQdisc", "register_qdisc", "Protocol", "VirtualLink",
+    "Stack", "StackSettings", "Port", "DevStat", "IoTimes", "Route",
+    "Neighbour", "Protocol", "VirtualLink",
     "VirtualInterface", "VirtualVlan", "default_stack", "enable_port", "open_port",
     "disable_port", "get_stats", "socket", "solicit",
 ] + [k for k in _c if k.isupper()]

@@ -1,15 +1,16 @@
-"""EVL's front cache: the route and neighbour information the oob path needs, read without locks.
+"""EVL's front cache, control-plane side: the route and neighbour information the oob path needs.
 
-Readers (oob threads inside ``oob_sendmsg``) do a single ``dict.get``, which is atomic under the
-GIL and never waits. Writers are in-band only: the stack's own ARP and routing table on virtual
-links, or the netlink feeder for Linux interfaces. Entries are immutable; a change replaces the
-entry, so a reader never sees a half-written one.
+Writers are in-band only: the stack's own ARP and routing table on virtual links, or the netlink
+feeder for Linux interfaces. Every change publishes a whole new immutable snapshot to the
+compiled core (``on_change``), where oob senders read it with one atomic load and never wait.
+The dicts here are the in-band copy (solicit waits on them, tools list them).
 """
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 class Route:
@@ -58,6 +59,12 @@ class _Cache:
     def __init__(self) -> None:
         self._entries: dict[int, Any] = {}
         self._changed = threading.Condition()
+        #: called after every change (the stack publishes a snapshot to the core)
+        self.on_change: Callable[[], None] | None = None
+
+    def _published(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def lookup(self, key: int):
         """Oob-safe read: one dict lookup, no lock."""
@@ -68,21 +75,25 @@ class _Cache:
 
     def _store(self, key: int, entry: Any) -> None:
         self._entries[key] = entry
+        self._published()
         with self._changed:
             self._changed.notify_all()
 
     def forget(self, key: int) -> None:
         if self._entries.pop(key, None) is not None:
+            self._published()
             with self._changed:
                 self._changed.notify_all()
 
     def flush(self) -> None:
         self._entries.clear()
+        self._published()
 
     def purge_port(self, port: Any) -> None:
         for key, entry in list(self._entries.items()):
             if entry.port is port:
                 self._entries.pop(key, None)
+        self._published()
 
     def wait_for(self, key: int, deadline_ns: int) -> Any:
         """In-band: block until *key* is cached or the deadline passes; returns the entry or None."""
@@ -128,11 +139,13 @@ class NeighbourCache(_Cache):
 
 
 class FrontCache:
-    """The pair of caches one stack owns."""
+    """The pair of caches one stack owns; *on_change* publishes them to the core."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self.routes = RouteCache()
         self.neighbours = NeighbourCache()
+        self.routes.on_change = on_change
+        self.neighbours.on_change = on_change
 
     def flush_routes(self) -> None:
         self.routes.flush()

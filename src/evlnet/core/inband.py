@@ -7,9 +7,31 @@ import threading
 from collections import deque
 from typing import Callable
 
-from .buffers import Doorbell
 
 log = logging.getLogger("evlnet.inband")
+
+
+class Doorbell:
+    """A binary semaphore on a raw lock: ``ring()`` never blocks and coalesces, and a ring that
+    comes before the wait is never lost."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def ring(self) -> None:
+        if self._lock.locked():
+            try:
+                self._lock.release()
+            except RuntimeError:  # rung by another thread meanwhile: coalesce
+                pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return self._lock.acquire()
+        return self._lock.acquire(True, max(timeout, 0))
 
 
 class InbandWorker:

@@ -18,16 +18,14 @@ from typing import Any
 from ..constants import (AF_INET, EVL_DEFAULT_POOLSZ, EVL_MAX_BUFSZ, EVL_MAX_POOLSZ,
                          EVL_NEIGH_FLAGS, EVL_NEIGH_MAYROUTE, EVL_NEIGH_PERMANENT, PAGE_SIZE,
                          SOCK_OOB)
+from .. import _core
 from ..drivers.base import Device
 from ..errors import oserror
 from ..proto.arp import ArpLayer
-from ..proto.ethernet import EthernetLayer
 from ..proto.icmp import IcmpProtocol
-from ..proto.ipv4 import Ipv4Layer, Reassembler
 from ..proto.packet import PacketProtocol
-from ..proto.registry import Protocol, ProtocolRegistry
+from ..proto.registry import InbandPacket, Protocol, ProtocolRegistry
 from ..proto.udp import UdpProtocol
-from .buffers import BufferPool
 from .frontcache import FrontCache, Neighbour, Route
 from .inband import InbandWorker
 from .interface import Address, Interface
@@ -44,15 +42,17 @@ UNRESOLVED_QLEN = 64
 
 @dataclass
 class StackSettings:
-    """Stack-wide tunables (EVL keeps most of them in /sys/class/evl/net)."""
+    """Stack-wide tunables (EVL keeps most of them in /sys/class/evl/net). Changing one at run
+    time takes effect at once: the ones the data path reads are pushed to the core."""
 
     solicit_timeout: float = 5.0          #: EVL ipv4_solicit_timeout, seconds
     qdisc: str = "oob_fifo"
     rx_poolsz: int = 1024                 #: RX buffers per port (EVL leaves these to the driver)
     ipfrag_time: float = 30.0             #: reassembly timeout (Linux IP_FRAG_TIME)
     ipfrag_max_datagrams: int = 64        #: datagrams in reassembly at once, per port
-    ipfrag_max_buffers: int = 256         #: fragment buffers held at once, per port
-    reasm_poolsz: int = 16                #: 64 KiB buffers for reassembled datagrams
+    #: 64 KiB buffers per port that datagrams are reassembled in (fragments are copied in as
+    #: they arrive, so no RX buffer is ever held by reassembly)
+    reasm_poolsz: int = 16
     icmp_echo_ignore_all: bool = False
     icmp_echo_ignore_broadcasts: bool = True
     accept_multicast: bool = False
@@ -65,6 +65,17 @@ class StackSettings:
     busy_poll_defer_us: int = 2000
     #: EVL's strict rule on Linux ports: accept nothing without an eBPF filter or a VLAN set.
     strict_diversion: bool = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        hook = self.__dict__.get("_on_change")
+        if hook is not None and name in _CORE_SETTINGS:
+            hook()
+
+
+#: Settings the core's data path reads (pushed to it whenever they change).
+_CORE_SETTINGS = frozenset({"icmp_echo_ignore_all", "icmp_echo_ignore_broadcasts",
+                            "accept_multicast"})
 
 
 @dataclass
@@ -142,16 +153,19 @@ class Stack:
         self.ports: dict[str, Port] = {}
         self.routes: list[StaticRoute] = []
         self.vlans: frozenset[int] = frozenset()
-        self.frontcache = FrontCache()
+        #: the core half: demux tables, front cache snapshot, ports, the in-band event queue
+        self.core = _core.Stack(name)
+        self._apply_settings()
+        self.settings.__dict__["_on_change"] = self._apply_settings
+        self._fc_lock = threading.Lock()
+        self.frontcache = FrontCache(on_change=self._publish_frontcache)
         self.protocols = ProtocolRegistry(self)
-        self.ethernet = EthernetLayer(self)
-        self.ipv4 = Ipv4Layer(self)
         self.arp = ArpLayer(self)
         self.udp = self.protocols.register(UdpProtocol())
         self.packet = self.protocols.register(PacketProtocol())
         self.icmp = self.protocols.register(IcmpProtocol())
-        self.ethernet_input = self.ethernet.input
-        self.reasm_pool = BufferPool(self.settings.reasm_poolsz, 65536 + 64, f"{name} reassembly")
+        self._next_port_id = 1
+        self._ports_by_id: dict[int, Port] = {}
         #: datagrams demoted while their next hop is being resolved (Linux: the neighbour's
         #: arp_queue), next hop -> [(deadline, sock, payload, dst, dport)]
         self._unresolved: dict[int, list] = {}
@@ -161,6 +175,56 @@ class Stack:
         self._sockets: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._lock = threading.RLock()     # in-band configuration changes
         self._closed = False
+        # Frames and events the core hands up to the in-band stage (ARP, custom protocols).
+        self._events = threading.Thread(target=self._event_loop, name=f"{name}.events",
+                                        daemon=True)
+        self._events.start()
+
+    def _apply_settings(self) -> None:
+        st = self.settings
+        self.core.configure(st.icmp_echo_ignore_all, st.icmp_echo_ignore_broadcasts,
+                            st.accept_multicast)
+
+    def _publish_frontcache(self) -> None:
+        """In-band: the front cache changed; publish a new snapshot to the core (serialised, so
+        an older snapshot never overwrites a newer one)."""
+        with self._fc_lock:
+            fc = self.frontcache
+            routes = [(r.destination, r.port.id, r.gateway, r.source, not r.port.enabled)
+                      for r in fc.routes]
+            neighbours = [(n.address, n.mac) for n in fc.neighbours]
+            self.core.publish_frontcache(routes, neighbours)
+
+    def port_by_id(self, port_id: int) -> Port | None:
+        """The port with core id *port_id* (also after it was disabled), or None."""
+        return self._ports_by_id.get(port_id)
+
+    def _event_loop(self) -> None:
+        """``<stack>.events``: frames the core hands up (ARP to learn from, custom protocols).
+        Never on the oob path: the core only queues them."""
+        while not self._closed:
+            ev = self.core.next_event(0.25)
+            if ev is None:
+                continue
+            port_id, kind, arg, offset, frame, src_addr, src_mac, dt, qt = ev
+            port = self._ports_by_id.get(port_id)
+            if port is None or frame is None:
+                continue
+            try:
+                if kind == "arp":
+                    self.arp.input(port, frame, offset)
+                    continue
+                if kind == "ethertype":
+                    proto = self.protocols.by_ethertype.get(arg)
+                else:
+                    proto = self.protocols.by_ip_protocol.get(arg)
+                if proto is None:          # unregistered meanwhile
+                    port.inband_counters["rx_unknown_proto"] += 1
+                    continue
+                proto.input_frame(port, InbandPacket(frame, offset, src_addr, src_mac, dt, qt))
+            except Exception:   # a faulty (custom) handler must not stop the in-band stage
+                port.inband_counters["rx_errors"] += 1
+                log.exception("%s: in-band handler for %s failed", self.name, kind)
 
     # -- interfaces ---------------------------------------------------------------------------
     def add_interface(self, device: Device, *addresses: str) -> Interface:
@@ -250,9 +314,11 @@ class Stack:
             for stale in [r for r in self.frontcache.routes
                           if r.port.name == ifname and not r.port.enabled]:
                 self.frontcache.routes.forget(stale.destination)   # tombstones of a disabled port
-            port = Port(self, iface, poolsz, size, self.settings.rx_poolsz)
-            port.reassembler = Reassembler(self, port)
+            port_id = self._next_port_id
+            self._next_port_id += 1
+            port = Port(self, iface, port_id, poolsz, size, self.settings.rx_poolsz)
             self.ports[ifname] = port
+            self._ports_by_id[port_id] = port
             if self.kernel is not None and iface.kind == "linux":
                 try:
                     self.kernel.port_enabled(port)
@@ -293,12 +359,10 @@ class Stack:
             # senders get ENETDOWN rather than a silent demotion (dropped on re-enable/flush).
             self.frontcache.neighbours.purge_port(port)
             port.shutdown()
-            port.reassembler.clear()
+            self._publish_frontcache()          # routes through it are tombstones now
             self._wake_receivers(port, errno.ENETDOWN)
             for sock in list(self._sockets):
-                q = sock._receive_queue_or_none()
-                if q is not None:
-                    q.purge(port)
+                sock._purge(port)
             if self.kernel is not None and port.iface.kind == "linux":
                 self.kernel.port_disabled(port)
 
@@ -351,8 +415,15 @@ class Stack:
         return sock
 
     def register_protocol(self, proto: Protocol) -> Protocol:
-        """Add a custom protocol (by EtherType or IPv4 protocol number) with its sockets."""
-        return self.protocols.register(proto)
+        """Add a custom protocol (by EtherType or IPv4 protocol number) with its sockets. Its
+        frames go up from the core to ``proto.input_frame`` on the in-band stage."""
+        self.protocols.register(proto)
+        self._publish_protocols()
+        return proto
+
+    def _publish_protocols(self) -> None:
+        self.core.set_inband_protocols(sorted(self.protocols.by_ethertype),
+                                       sorted(self.protocols.by_ip_protocol))
 
     def _register_socket(self, sock) -> None:
         self._sockets.add(sock)
@@ -576,18 +647,12 @@ class Stack:
     def set_vlans(self, spec: str) -> None:
         """Set the oob VLAN id set (EVL ``/sys/class/evl/net/vlans``), e.g. ``"42-45,100"``."""
         self.vlans = frozenset(parse_vlan_list(spec))
+        self.core.set_vlans(sorted(self.vlans))
         if self.kernel is not None:
             self.kernel.vlans_changed()
 
     def get_vlans(self) -> str:
         return format_vlan_list(set(self.vlans))
-
-    # -- data path hooks ----------------------------------------------------------------------
-    def housekeeping(self, port: Port, now: int) -> None:
-        """RX thread, a few times a second: expire reassembly state."""
-        reasm = getattr(port, "reassembler", None)
-        if reasm is not None and reasm.pending:
-            reasm.expire(now)
 
     # -- lifetime -----------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -606,6 +671,9 @@ class Stack:
             self.kernel.close()
         self.inband.stop()
         self._closed = True
+        self.core.wake()
+        if threading.current_thread() is not self._events:
+            self._events.join(5.0)
 
     def __enter__(self) -> "Stack":
         return self

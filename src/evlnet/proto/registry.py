@@ -8,22 +8,47 @@ owns the socket (family, type, proto) triples it creates sockets for.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import oserror
 
 if TYPE_CHECKING:
-    from ..core.buffers import PacketBuffer
     from ..core.port import Port
     from ..core.stack import Stack
+
+#: Length of the Ethernet header in front of the frames handed to ``input_frame``.
+ETH_HLEN = 14
+
+
+@dataclass(frozen=True, slots=True)
+class InbandPacket:
+    """A received packet the core handed up to the in-band stage.
+
+    ``frame`` is the Ethernet frame (VLAN tags removed) — or, for an IPv4 datagram the core
+    reassembled, the datagram itself; ``frame[offset:]`` starts at the protocol's own header.
+    """
+
+    frame: bytes
+    offset: int
+    src_addr: int = 0          #: IPv4 source, for IP protocols
+    src_mac: bytes = b""
+    device_time: int = 0
+    queuing_time: int = 0
+
+    @property
+    def payload(self) -> bytes:
+        """The protocol's header and data (``frame[offset:]``)."""
+        return self.frame[self.offset:]
 
 
 class Protocol:
     """Base class for a protocol the stack can carry.
 
     Subclasses set ``name``, ``family``, ``sock_type`` and one of ``ethertype`` / ``ip_protocol``,
-    and implement ``input`` (RX thread: consume *buf* — queue it on a socket or ``release()`` it)
-    and ``create_socket``.
+    and implement ``input_frame`` and ``create_socket``. The compiled core hands every frame of
+    the protocol's EtherType or IP protocol up to the in-band stage, where ``input_frame`` runs
+    (never on the oob threads).
     """
 
     name: str = "?"
@@ -42,9 +67,10 @@ class Protocol:
         """Whether ``socket(family, type, proto)`` with this *proto* is ours."""
         return True
 
-    def input(self, port: "Port", buf: "PacketBuffer", offset: int) -> None:
-        """Handle one received packet whose protocol header starts at ``buf.data[offset]``."""
-        buf.release()
+    def input_frame(self, port: "Port", pkt: InbandPacket) -> None:
+        """In-band: one received packet of this protocol (see ``InbandPacket``). Deliver it to
+        a socket (``sock._core.deliver``) or drop it; an exception is counted in the port's
+        ``rx_errors``. The default drops it."""
 
     def create_socket(self, family: int, sock_type: int, proto: int, flags: int) -> Any:
         raise oserror(errno.EPROTONOSUPPORT, f"{self.name} has no sockets")
@@ -89,6 +115,7 @@ class ProtocolRegistry:
             del self.by_ip_protocol[proto.ip_protocol]
         if proto in self.socket_protocols:
             self.socket_protocols.remove(proto)
+        self.stack._publish_protocols()       # the core stops handing its frames up
 
     def find_socket_protocol(self, family: int, sock_type: int, proto: int) -> Protocol:
         """EVL's ``sock_oob_attach`` lookup: EAFNOSUPPORT / ESOCKTNOSUPPORT / EPROTONOSUPPORT."""

@@ -1,18 +1,14 @@
-"""UDP over IPv4: receive slots keyed by (address, port), checksum on both directions."""
+"""UDP sockets' control plane: bindings keyed by (address, port) and ephemeral ports.
+
+The per-datagram work (checksums, demultiplexing to the socket queue, headers on TX) is in the
+compiled core; a binding made here is published to the core's demux table."""
 from __future__ import annotations
 
-import struct
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..constants import AF_INET, IPPROTO_UDP, SOCK_DGRAM
-from ..core.buffers import PacketBuffer
 from .registry import Protocol
 
-if TYPE_CHECKING:
-    from ..core.port import Port
-    from ..sockets.base import ReceiveQueue
-
-UDP_HDR = struct.Struct("!HHHH")
 EPHEMERAL_FIRST, EPHEMERAL_LAST = 32768, 60999
 
 
@@ -22,12 +18,11 @@ def slot_key(addr: int, port: int) -> int:
 
 
 class UdpSlot:
-    """A receive slot; several SO_REUSEPORT sockets share one slot and its queue (as EVL)."""
+    """A binding; several SO_REUSEPORT sockets share one slot and its queue (as EVL)."""
 
-    __slots__ = ("queue", "owners", "reuseport")
+    __slots__ = ("owners", "reuseport")
 
-    def __init__(self, queue: "ReceiveQueue", owner, reuseport: bool) -> None:
-        self.queue = queue
+    def __init__(self, owner: Any, reuseport: bool) -> None:
         self.owners = [owner]
         self.reuseport = reuseport
 
@@ -69,49 +64,3 @@ class UdpProtocol(Protocol):
                     and p not in used):
                 return p
         return 0
-
-    # -- RX (RX thread) -----------------------------------------------------------------------
-    def input(self, port: "Port", buf: PacketBuffer, off: int) -> None:
-        data = buf.data
-        counters = port.counters
-        if buf.end - off < 8:
-            counters.rx_ip_errors += 1
-            buf.release()
-            return
-        sport, dport, ulen, csum = UDP_HDR.unpack_from(data, off)
-        if ulen < 8 or off + ulen > buf.end:
-            counters.rx_ip_errors += 1
-            buf.release()
-            return
-        end = off + ulen
-        src = buf.src_addr
-        dst = buf.dst_addr
-        if csum:
-            # pseudo header (addresses, protocol, UDP length) plus the segment; a correct one
-            # sums to one's complement zero (0xFFFF or 0), i.e. to a multiple of 0xFFFF when the
-            # segment is read as one big-endian integer (2**16 == 1 mod 0xFFFF, see checksum.py;
-            # an odd segment is padded with a zero byte). Same test as checksum_add(...) in
-            # (0xFFFF, 0), inlined.
-            value = int.from_bytes(data[off:end], "big")
-            if ulen & 1:
-                value <<= 8
-            if (value + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
-                    + IPPROTO_UDP + ulen) % 0xFFFF:
-                counters.csum_errors += 1
-                buf.release()
-                return
-        slots = self.slots
-        slot = slots.get((dport << 32) | dst)
-        if slot is None:
-            slot = slots.get(dport << 32)
-            if slot is None:
-                counters.rx_no_receiver += 1
-                buf.release()
-                return
-        buf.start = off + 8
-        buf.end = end
-        buf.src_port = sport
-        buf.dst_port = dport
-        if not slot.queue.push(buf):
-            counters.rx_sock_full += 1
-            buf.release()

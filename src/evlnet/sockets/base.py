@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..constants import (EVL_SOF_TIMESTAMP_DEVICE, EVL_SOF_TIMESTAMP_QUEUING, EVL_SOF_TIMESTAMP_RX,
                          EVL_SOF_TIMESTAMP_TX, EVL_SOF_TIMESTAMPS, MSG_DONTWAIT, MSG_TIMESTAMP,
                          MSG_TRUNC, SO_TIMESTAMP_OOB, SOL_SOCKET)
-from ..core.buffers import Doorbell, PacketBuffer
-from ..core.timestamps import IOTIMES, IOTIMES_SIZE, RX_STAMPING, IoTimes, TxTimestampRing
+from .. import _core
+from ..core.timestamps import IOTIMES, IOTIMES_SIZE, IoTimes
 from ..errors import oserror
 
 if TYPE_CHECKING:
@@ -60,75 +60,6 @@ def deadline_from(timeout: float | None, abs_timeout_ns: int | None) -> int | No
     return _now() + int(timeout * 1e9)
 
 
-class ReceiveQueue:
-    """Datagrams waiting for ``oob_recvmsg``: a deque and a doorbell, bounded by SO_RCVBUF."""
-
-    __slots__ = ("items", "bell", "rcvbuf", "queued", "error", "drops")
-
-    def __init__(self, rcvbuf: int) -> None:
-        self.items: deque[PacketBuffer] = deque()
-        self.bell = Doorbell()
-        self.rcvbuf = rcvbuf
-        self.queued = 0
-        self.error = 0
-        self.drops = 0
-
-    def push(self, buf: PacketBuffer) -> bool:
-        """RX thread: queue *buf* or refuse it when the queue is full.
-
-        Stamps RX ``delivery_time`` while any socket has RX stamping on (EVL marks a packet
-        "timestamped" the same way); an unstamped datagram gets no control data on receive."""
-        size = buf.end - buf.start + RX_OVERHEAD
-        if self.queued + size > self.rcvbuf:
-            self.drops += 1
-            return False
-        buf.delivery_time = _now() if RX_STAMPING.count else 0
-        self.queued += size
-        self.items.append(buf)
-        self.bell.ring()
-        return True
-
-    def pop(self, nonblock: bool, deadline: int | None) -> PacketBuffer:
-        items = self.items
-        while True:
-            try:
-                buf = items.popleft()
-            except IndexError:
-                buf = None
-            if buf is not None:
-                self.queued -= buf.end - buf.start + RX_OVERHEAD
-                if items:
-                    self.bell.ring()     # let another waiter see the rest
-                return buf
-            if self.error:
-                self.bell.ring()         # every waiter must see the error
-                raise oserror(self.error, "oob port went down")
-            if nonblock:
-                raise oserror(errno.EWOULDBLOCK, "no datagram queued")
-            if deadline is None:
-                self.bell.wait(None)
-            else:
-                remaining = (deadline - _now()) / 1e9
-                if remaining <= 0:
-                    raise oserror(errno.ETIMEDOUT, "receive timed out")
-                self.bell.wait(remaining)
-
-    def fail(self, err: int) -> None:
-        self.error = err
-        self.bell.ring()
-
-    def purge(self, port=None) -> None:
-        keep = deque()
-        while self.items:
-            buf = self.items.popleft()
-            if port is None or buf.port is port:
-                self.queued -= buf.end - buf.start + RX_OVERHEAD
-                buf.release()
-            else:
-                keep.append(buf)
-        self.items.extend(keep)
-
-
 class OobSocket(ABC):
     """Common base of oob sockets. Subclasses implement ``_send``/``_recv_into`` and addressing.
 
@@ -149,16 +80,13 @@ class OobSocket(ABC):
         self.type = sock_type
         self.proto = proto
         self._kernel = kernel_sock
-        self._fd = kernel_sock.fileno() if kernel_sock is not None else os.eventfd(0, os.EFD_CLOEXEC)
+        #: the core half: receive queue, TX timestamp ring, readiness fd, TX settings
+        self._core = _core.Socket(stack.core)
         self._closed = False
         self._nonblocking = False
         self.rcvbuf = DEFAULT_BUF
         self.sndbuf = DEFAULT_BUF
         self.tsflags = 0
-        self.tx_ring = TxTimestampRing()
-        self._ts_bell = Doorbell()        # rung for MSG_TIMESTAMP collectors (see _ts_waiters)
-        self._ts_waiters = 0              # collectors about to block: pushes ring only then
-        self._ts_lock = threading.Lock()
         self.bound_device: str | None = None
         self.priority = 0
         self.busy_poll_us = stack.settings.busy_poll_us
@@ -169,8 +97,15 @@ class OobSocket(ABC):
 
     # -- file-like ----------------------------------------------------------------------------
     def fileno(self) -> int:
-        """The descriptor (the genuine kernel socket's on Linux ports); -1 once closed."""
-        return -1 if self._closed else self._fd
+        """The readiness descriptor: readable while a datagram (or, with TX timestamping, a TX
+        record) is queued, so ``select``, ``selectors`` and asyncio's ``add_reader`` work; -1
+        once closed."""
+        return -1 if self._closed else self._core.fileno()
+
+    def kernel_fileno(self) -> int:
+        """The genuine kernel socket's descriptor (oob sockets of a stack with Linux ports are
+        also kernel sockets, as in EVL: in-band options and I/O go there); -1 without one."""
+        return -1 if self._closed or self._kernel is None else self._kernel.fileno()
 
     def close(self) -> None:
         """Release everything the socket holds: queued buffers, its port binding, its fd."""
@@ -178,14 +113,13 @@ class OobSocket(ABC):
             if self._closed:
                 return
             self._closed = True
-            RX_STAMPING.update(self.tsflags, 0)
+            _rx_stamping_update(self.tsflags, 0)
         self._unbind()
         self.stack._unregister_socket(self)
-        self._ts_bell.ring()              # a blocked MSG_TIMESTAMP collector gets EBADF
+        self._core.error = errno.EBADF     # blocked receivers and collectors get EBADF
+        self._core.purge()
         if self._kernel is not None:
             self._kernel.close()
-        else:
-            os.close(self._fd)
 
     def __enter__(self):
         return self
@@ -218,17 +152,15 @@ class OobSocket(ABC):
     def _unbind(self) -> None: ...
 
     @abstractmethod
-    def _receive_queue(self) -> ReceiveQueue:
-        """The queue ``oob_recvmsg`` reads (may be shared, e.g. SO_REUSEPORT)."""
+    def _recv(self, target: bytearray, nonblock: bool,
+              deadline: int | None) -> tuple[int, int, Any, tuple[int, int, int]]:
+        """Receive one datagram into *target*: ``(copied, length, address, (device_time,
+        queuing_time, delivery_time))``."""
 
     @abstractmethod
     def _send(self, views: list, total: int, address: Any, nonblock: bool,
               deadline: int | None, delivery_time: int) -> int:
         """Build and queue one datagram of *total* bytes gathered from *views*."""
-
-    @abstractmethod
-    def _address_of(self, buf: PacketBuffer) -> Any:
-        """The source address ``oob_recvmsg`` reports for a received buffer."""
 
     # -- oob I/O ------------------------------------------------------------------------------
     def oob_sendmsg(self, buffers, ancdata=(), flags: int = 0, address=None, *,
@@ -304,126 +236,45 @@ class OobSocket(ABC):
         ts = self.tsflags
         if ts & EVL_SOF_TIMESTAMP_RX and 0 < ancbufsize < IOTIMES_SIZE:
             raise oserror(errno.EINVAL, f"control buffer of {ancbufsize} bytes < {IOTIMES_SIZE}")
-        queue = self._receive_queue()
-        if self.busy_poll_us and not nonblock and not queue.items:
-            self._busy_poll(queue, deadline)
-        buf = queue.pop(nonblock, deadline)
-        try:
-            start = buf.start
-            length = buf.end - start
-            if type(buffers) is list and len(buffers) == 1 and type(buffers[0]) is bytearray:
-                # common case, one bytearray: a single slice assignment of equal length (the
-                # bytearray is never resized), no memoryview cast and no loop
-                b = buffers[0]
-                copied = len(b)
-                if copied > length:
-                    copied = length
-                b[:copied] = buf.view[start:start + copied]
-            else:
-                src = buf.view[start:buf.end]
-                copied = 0
-                for b in buffers:
-                    mv = memoryview(b).cast("B")
-                    n = min(len(mv), length - copied)
-                    mv[:n] = src[copied:copied + n]
-                    copied += n
-                    if copied == length:
-                        break
-            mflags = _TRUNC if copied < length else 0
-            anc = []
-            ts = self.tsflags
-            if ts & EVL_SOF_TIMESTAMP_RX and ancbufsize >= IOTIMES_SIZE and buf.delivery_time:
-                anc.append((SOL_SOCKET, SO_TIMESTAMP_OOB, IOTIMES.pack(
-                    buf.device_time if ts & EVL_SOF_TIMESTAMP_DEVICE else 0,
-                    buf.queuing_time if ts & EVL_SOF_TIMESTAMP_QUEUING else 0,
-                    buf.delivery_time)))
-            address = self._address_of(buf)
-        finally:
-            buf.release()
+        if type(buffers) is list and len(buffers) == 1 and type(buffers[0]) is bytearray:
+            target = buffers[0]           # the common case: one bytearray, filled in place
+            views = None
+        else:
+            views = [memoryview(b).cast("B") for b in buffers]
+            target = bytearray(sum(len(v) for v in views))
+        copied, length, address, times = self._recv(target, nonblock, deadline)
+        if views is not None:
+            _scatter(target, copied, views)
+        mflags = _TRUNC if copied < length else 0
+        anc = []
+        ts = self.tsflags
+        if ts & EVL_SOF_TIMESTAMP_RX and ancbufsize >= IOTIMES_SIZE and times[2]:
+            anc.append((SOL_SOCKET, SO_TIMESTAMP_OOB, IOTIMES.pack(
+                times[0] if ts & EVL_SOF_TIMESTAMP_DEVICE else 0,
+                times[1] if ts & EVL_SOF_TIMESTAMP_QUEUING else 0,
+                times[2])))
         return copied, anc, mflags, address
 
-    def _busy_poll(self, queue: ReceiveQueue, deadline: int | None) -> None:
-        """Run the ports' RX processing from this thread until a datagram is queued, the
-        socket's busy-poll budget is spent or the deadline passes (Linux SO_BUSY_POLL).
-
-        Saves the two thread wake-ups (RX thread, then receiver) a datagram otherwise costs."""
-        ports = [p for p in self.stack.ports.values() if p.busy_poll_capable]
-        if not ports:
-            return
-        end = _now() + self.busy_poll_us * 1000
-        if deadline is not None and deadline < end:
-            end = deadline
-        items = queue.items
-        for port in ports:
-            port.busy_poll_enter()
-        try:
-            while not items and not queue.error:
-                for port in ports:
-                    port.poll_rx()
-                if items or _now() >= end:
-                    return
-        finally:
-            for port in ports:
-                port.busy_poll_exit()
-
     # -- timestamps ---------------------------------------------------------------------------
-    def _push_tx_timestamp(self, device: int, queuing: int, delivery: int) -> None:
-        """TX thread: one record per transmitted datagram (points not asked for are 0)."""
-        ts = self.tsflags
-        if not ts & EVL_SOF_TIMESTAMP_TX:
-            return
-        self.tx_ring.push(device if ts & EVL_SOF_TIMESTAMP_DEVICE else 0,
-                          queuing if ts & EVL_SOF_TIMESTAMP_QUEUING else 0, delivery)
-        if self._ts_waiters:        # read after the push: a collector registers before checking
-            self._ts_bell.ring()
-
     def _collect_tx_timestamps(self, buffers, nonblock: bool, deadline: int | None):
         """``oob_recvmsg(MSG_TIMESTAMP)``: move TX records into *buffers* (EVL
         ``evl_collect_socket_iots``); the records may straddle the buffers, as with an iovec."""
         if not self.tsflags & EVL_SOF_TIMESTAMP_TX:
             raise oserror(errno.EINVAL, "TX timestamping is off (SO_TIMESTAMP_OOB)")
         if len(buffers) == 1:
-            out = memoryview(buffers[0]).cast("B")
+            out = buffers[0]
             views = None
-            room = len(out) // IOTIMES_SIZE
         else:                                   # records may straddle the buffers (an iovec)
             views = [memoryview(b).cast("B") for b in buffers]
-            room = sum(map(len, views)) // IOTIMES_SIZE
-            out = bytearray(room * IOTIMES_SIZE)
-        if room < 1:
+            out = bytearray(sum(map(len, views)) // IOTIMES_SIZE * IOTIMES_SIZE)
+        if memoryview(out).nbytes < IOTIMES_SIZE:
             raise oserror(errno.EINVAL, f"buffer holds less than one {IOTIMES_SIZE}-byte record")
-        bell = self._ts_bell
-        while True:
-            ring = self.tx_ring
-            n, truncated = ring.pop_into(out, room)
-            if n:
-                if len(ring) and self._ts_waiters:
-                    bell.ring()                       # more left for another collector
-                if views is not None:
-                    _scatter(out, n * IOTIMES_SIZE, views)
-                return n * IOTIMES_SIZE, [], _TRUNC if truncated else 0, None
-            if self._closed:
-                bell.ring()                           # every blocked collector must see it
-                raise oserror(errno.EBADF, "socket closed while collecting TX timestamps")
-            if not self.tsflags & EVL_SOF_TIMESTAMP_TX:
-                raise oserror(errno.EINVAL, "TX timestamping was turned off")
-            if nonblock:
-                raise oserror(errno.EWOULDBLOCK, "no TX timestamp queued")
-            remaining = None
-            if deadline is not None:
-                remaining = (deadline - _now()) / 1e9
-                if remaining <= 0:
-                    raise oserror(errno.ETIMEDOUT, "no TX timestamp before the deadline")
-            with self._ts_lock:
-                self._ts_waiters += 1
-            try:
-                # Registered before this last look, so a push from now on rings the bell.
-                if not (len(self.tx_ring) or self._closed
-                        or not self.tsflags & EVL_SOF_TIMESTAMP_TX):
-                    bell.wait(remaining)
-            finally:
-                with self._ts_lock:
-                    self._ts_waiters -= 1
+        if self._closed:
+            raise oserror(errno.EBADF, "socket is closed")
+        n, truncated = self._core.collect_tx(out, nonblock, deadline)
+        if views is not None:
+            _scatter(out, n, views)
+        return n, [], _TRUNC if truncated else 0, None
 
     def oob_collect_tx_timestamps(self, max_records: int = 16, flags: int = 0, *,
                                   timeout: float | None = None,
@@ -527,45 +378,46 @@ class OobSocket(ABC):
             with self._lock:
                 if self._closed:
                     raise oserror(errno.EBADF, "socket is closed")
-                RX_STAMPING.update(self.tsflags, value)
-                # EVL: setting the option installs a fresh ring (a full reset). Swapping the
-                # object lets a TX thread that is pushing right now finish on the old one.
-                self.tx_ring = TxTimestampRing()
+                _rx_stamping_update(self.tsflags, value)
+                # EVL: setting the option installs a fresh ring (a full reset)
+                self._core.tsflags = value
                 self.tsflags = value
-            self._ts_bell.ring()          # blocked collectors re-check (EINVAL if TX went off)
             return
         if value < 0:
             raise oserror(errno.EINVAL, "negative buffer size")
         value = min(value, 0x7FFFFFFF // 2)
         if optname == SO_RCVBUF:           # Linux/EVL: doubled, with a floor
             self.rcvbuf = max(2 * value, SOCK_MIN_RCVBUF)
-            q = self._receive_queue_or_none()
-            if q is not None:
-                q.rcvbuf = self.rcvbuf
+            self._core.rcvbuf = self.rcvbuf
         else:
             self.sndbuf = max(2 * value, SOCK_MIN_SNDBUF)
-
-    def _receive_queue_or_none(self) -> ReceiveQueue | None:
-        try:
-            return self._receive_queue()
-        except OSError:
-            return None
 
     def _get_evl_option(self, optname: int) -> int:
         return {SO_TIMESTAMP_OOB: self.tsflags, SO_RCVBUF: self.rcvbuf,
                 SO_SNDBUF: self.sndbuf}[optname]
 
     # -- port events --------------------------------------------------------------------------
-    def _port_down(self, port, err: int) -> None:
+    def _port_down(self, port: Any, err: int) -> None:
         """A port this socket depends on went down: wake blocked receivers with *err*."""
-        q = self._receive_queue_or_none()
-        if q is not None:
-            q.fail(err)
+        if not self._closed:
+            self._core.error = err
 
     def _port_up(self) -> None:
-        q = self._receive_queue_or_none()
-        if q is not None:
-            q.error = 0
+        if not self._closed:
+            self._core.error = 0
+
+    def _purge(self, port: Any = None) -> None:
+        """Free queued datagrams (a disabled port's buffers go back to its pool)."""
+        self._core.purge()
+
+
+def _rx_stamping_update(old_flags: int, new_flags: int) -> None:
+    """A socket's SO_TIMESTAMP_OOB goes from *old_flags* to *new_flags* (0 when it closes):
+    keep the core's process-wide count of RX-stamping sockets (EVL's
+    ``evl_net_rx_timestamping``)."""
+    delta = bool(new_flags & EVL_SOF_TIMESTAMP_RX) - bool(old_flags & EVL_SOF_TIMESTAMP_RX)
+    if delta:
+        _core.Stack.rx_stamping_add(delta)
 
 
 def _scatter(src, n: int, views: list) -> None:

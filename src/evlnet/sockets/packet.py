@@ -9,10 +9,8 @@ from __future__ import annotations
 import errno
 import socket as _pysocket
 
-
-from ..core.buffers import PacketBuffer
 from ..errors import oserror
-from .base import OobSocket, ReceiveQueue
+from .base import OobSocket
 
 ETH_HLEN = 14
 
@@ -22,13 +20,8 @@ class PacketSocket(OobSocket):
         super().__init__(stack, family, sock_type, proto, kernel_sock)
         self.ethertype = _pysocket.ntohs(proto)
         self.bound_port = None       # the Port frames are received from / sent on
-        self.queue = ReceiveQueue(self.rcvbuf)
         if self.ethertype:
             stack.packet.listen(self, self.ethertype)
-
-    def matches(self, port, buf: PacketBuffer) -> bool:
-        bp = self.bound_port
-        return bp is None or bp is port
 
     def _port_by_name(self, ifname, errcode: int):
         if not isinstance(ifname, str):
@@ -61,23 +54,22 @@ class PacketSocket(OobSocket):
 
     def _unbind(self) -> None:
         self.stack.packet.unlisten(self)
-        self.queue.purge()
-        self.queue.fail(errno.EBADF)
-
-    def _receive_queue(self) -> ReceiveQueue:
-        return self.queue
 
     def _port_down(self, port, err: int) -> None:
         if self.bound_port is None or self.bound_port is port:
-            self.queue.fail(err)
+            super()._port_down(port, err)
 
-    def _address_of(self, buf: PacketBuffer):
-        s = buf.start
-        port = buf.port
-        real = port.device.real_device
-        # EVL fills sll_ifindex with the real device's, also for a frame of a VLAN port
-        name = real.name if real is not None and port.vlan_id else port.name
-        return (name, buf.protocol, buf.pkttype, 1, bytes(buf.data[s + 6:s + 12]))
+    def _recv(self, target, nonblock, deadline):
+        n, length, port_id, protocol, pkttype, src_mac, dt, qt, delt = \
+            self._core.recv_frame_into(target, nonblock, deadline, self.busy_poll_us)
+        port = self.stack.port_by_id(port_id)
+        if port is None:
+            name = ""
+        else:
+            real = port.device.real_device
+            # EVL fills sll_ifindex with the real device's, also for a frame of a VLAN port
+            name = real.name if real is not None and port.vlan_id else port.name
+        return n, length, (name, protocol, pkttype, 1, src_mac), (dt, qt, delt)
 
     def _send(self, views, total, address, nonblock, deadline, delivery_time) -> int:
         if address is not None:
@@ -92,18 +84,6 @@ class PacketSocket(OobSocket):
             raise oserror(errno.EINVAL, f"frame of {total} bytes has no full Ethernet header")
         if total - ETH_HLEN > port.mtu:
             raise oserror(errno.EMSGSIZE, f"frame of {total} bytes exceeds the MTU of {port.name}")
-        port.check_sendable()
-        buf = port.take_tx_buffer(nonblock, deadline)
-        data = buf.data
-        pos = 0
-        for v in views:
-            n = memoryview(v).nbytes
-            data[pos:pos + n] = v
-            pos += n
-        buf.start = 0
-        buf.end = pos
-        buf.sock = self
-        buf.tsflags = self.tsflags
-        buf.delivery_time = delivery_time
-        port.transmit(buf)
+        data = views[0] if len(views) == 1 else b"".join(bytes(v) for v in views)
+        port.core.transmit(data, self._core, self.tsflags, delivery_time, nonblock, deadline)
         return total

@@ -7,19 +7,15 @@ import struct
 from typing import Any
 
 from ..constants import IPPROTO_UDP, UDP_MAX_PAYLOAD
-from ..core.buffers import PacketBuffer
 from ..errors import oserror
-from ..proto.ipv4 import IP_CSUM, IP_DF, IPV4_MIN_MTU, segment_checksum_sum
-from ..proto.udp import UDP_HDR, UdpSlot, slot_key
-from ..wire.checksum import checksum_add, internet_checksum
-from .base import OobSocket, ReceiveQueue
+from ..proto.udp import UdpSlot, slot_key
+from .base import OobSocket
 
 IP_TTL = _pysocket.IP_TTL
 IP_TOS = _pysocket.IP_TOS
 IPPROTO_IP = _pysocket.IPPROTO_IP
 IP_MTU_DISCOVER = getattr(_pysocket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = 2
-_ETH_IP_UDP = struct.Struct("!6s6sHBBHHHBBHIIHHHH")   # 42 bytes: the whole header stack
 _ip_cache: dict[str, int] = {}
 
 
@@ -68,7 +64,6 @@ class UdpSocket(OobSocket):
         super().__init__(stack, family, sock_type, proto, kernel_sock)
         self.local: tuple[int, int] | None = None       # bound (addr, port)
         self.remote: tuple[int, int] | None = None      # connected (addr, port)
-        self._queue = ReceiveQueue(self.rcvbuf)
         self._slot: UdpSlot | None = None
         self.ttl = 64
         self.tos = 0
@@ -114,12 +109,15 @@ class UdpSocket(OobSocket):
             raise oserror(errno.EADDRINUSE, "no ephemeral port free in the kernel")
         if slot is not None:
             slot.owners.append(self)
-            self._queue = slot.queue
+            self._core.share_queue_of(slot.owners[0]._core)   # SO_REUSEPORT: one queue
         else:
-            slot = UdpSlot(self._queue, self, self.reuseport)
+            slot = UdpSlot(self, self.reuseport)
             udp.slots[key] = slot
+            stack.core.bind_udp(addr, port, self._core)     # the RX path delivers here now
         self._slot = slot
         self.local = (addr, port)
+        self._core.local_addr = addr
+        self._core.local_port = port
 
     def _check_wildcard_overlap(self, udp, addr: int, port: int) -> None:
         """Linux (and so EVL, whose in-band bind runs first): INADDR_ANY:port and addr:port
@@ -170,22 +168,19 @@ class UdpSocket(OobSocket):
             key = slot_key(*self.local)
             if self.stack.udp.slots.get(key) is slot:
                 del self.stack.udp.slots[key]
-            slot.queue.purge()
-            self._queue.fail(errno.EBADF)
+                self.stack.core.bind_udp(self.local[0], self.local[1], None)
         else:
             # SO_REUSEPORT: the shared queue lives on with the other owners, who must not
-            # see this socket's EBADF; this socket keeps a private, failed queue.
-            self._queue = ReceiveQueue(self.rcvbuf)
-            self._queue.fail(errno.EBADF)
+            # see this socket's EBADF; this socket keeps a private queue.
+            self._core.private_queue()
 
-    def _receive_queue(self) -> ReceiveQueue:
-        return self._queue
-
-    def _address_of(self, buf: PacketBuffer) -> tuple[str, int]:
-        text = _ip_str_cache.get(buf.src_addr)
+    def _recv(self, target, nonblock, deadline):
+        n, length, addr, port, dt, qt, delt = self._core.recv_into(
+            target, nonblock, deadline, self.busy_poll_us)
+        text = _ip_str_cache.get(addr)
         if text is None:
-            text = format_ip(buf.src_addr)
-        return (text, buf.src_port)
+            text = format_ip(addr)
+        return n, length, (text, port), (dt, qt, delt)
 
     # -- conveniences ---------------------------------------------------------------------------
     def oob_sendto(self, data, address, flags: int = 0, **kw) -> int:
@@ -251,12 +246,15 @@ class UdpSocket(OobSocket):
             if not 1 <= v <= 255 and v != -1:
                 raise oserror(errno.EINVAL, f"bad TTL {v}")
             self.ttl = 64 if v == -1 else v
+            self._core.ttl = self.ttl
             return True
         if level == IPPROTO_IP and optname == IP_TOS:
             self.tos = _int_value(value) & 0xFF
+            self._core.tos = self.tos
             return True
         if level == IPPROTO_IP and optname == IP_MTU_DISCOVER:
             self.dont_fragment = _int_value(value) == IP_PMTUDISC_DO
+            self._core.dont_fragment = self.dont_fragment
             return True
         return False
 
@@ -283,73 +281,19 @@ class UdpSocket(OobSocket):
             with self._lock:
                 if self.local is None:
                     self._bind_locked(0, 0)
-        stack = self.stack
-        route = stack.frontcache.routes.lookup(dst)
-        neigh = None
-        if route is not None:
-            if not route.port.enabled:          # the port was disabled under us
-                raise oserror(errno.ENETDOWN, f"port {route.port.name} is disabled")
-            neigh = stack.frontcache.neighbours.lookup(route.gateway or dst)
-        if neigh is None:
-            # Front-cache miss: demote to the in-band stage (EVL's offload path).
-            return stack.demote_udp(self, views, total, dst, dport, nonblock)
-        return self.send_resolved(route, neigh.mac, views, total, dst, dport, nonblock, deadline,
-                                  delivery_time)
+        if len(views) == 1:
+            data = views[0]
+        else:
+            data = b"".join(bytes(v) for v in views)
+        n = self._core.sendto(dst, dport, data, self.tsflags, nonblock, deadline)
+        if n >= 0:
+            return n
+        # Front-cache miss: demote to the in-band stage (EVL's offload path).
+        return self.stack.demote_udp(self, [data], total, dst, dport, nonblock)
 
     def send_resolved(self, route, dst_mac: bytes, views: list, total: int, dst: int, dport: int,
                       nonblock: bool, deadline, delivery_time: int) -> int:
-        """Build and queue the datagram once route and neighbour are known (oob fast path)."""
-        port = route.port
-        port.check_sendable()
-        src = self.local[0] or route.source
-        if src == 0xFFFFFFFF:
-            src = route.source
-        sport = self.local[1]
-        ulen = total + 8
-        df = IP_DF if (total <= IPV4_MIN_MTU or self.dont_fragment) else 0
-        if ulen + 20 > port.mtu:
-            if self.dont_fragment:
-                raise oserror(errno.EMSGSIZE, "datagram exceeds the MTU and fragmenting is off")
-            return self._send_fragmented(port, dst_mac, src, dst, sport, dport, views, total,
-                                         nonblock, deadline, delivery_time)
-        buf = port.take_tx_buffer(nonblock, deadline)
-        data = buf.data
-        ipv4 = self.stack.ipv4
-        _ETH_IP_UDP.pack_into(data, 0, dst_mac, port.mac, 0x0800,
-                              0x45, self.tos, ulen + 20, ipv4.next_ident(), df, self.ttl,
-                              IPPROTO_UDP, 0, src, dst, sport, dport, ulen, 0)
-        pos = 42
-        for v in views:
-            n = len(v) if isinstance(v, (bytes, bytearray)) else memoryview(v).nbytes
-            data[pos:pos + n] = v
-            pos += n
-        view = buf.view
-        IP_CSUM.pack_into(data, 24, internet_checksum(view[14:34]))
-        pseudo = ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_UDP + ulen)
-        csum = ~checksum_add(view[34:pos], pseudo) & 0xFFFF
-        IP_CSUM.pack_into(data, 40, csum or 0xFFFF)
-        if pos < 60:                      # pad to the Ethernet minimum frame
-            data[pos:60] = bytes(60 - pos)
-            pos = 60
-        buf.start = 0
-        buf.end = pos
-        buf.sock = self
-        buf.tsflags = self.tsflags
-        buf.delivery_time = delivery_time
-        port.transmit(buf)
-        return total
-
-    def _send_fragmented(self, port, dst_mac, src, dst, sport, dport, views, total, nonblock,
-                         deadline, delivery_time) -> int:
-        ulen = total + 8
-        pieces = [memoryview(v).cast("B") for v in views]
-        header = bytearray(UDP_HDR.pack(sport, dport, ulen, 0))
-        pseudo = ((src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + IPPROTO_UDP + ulen)
-        s = segment_checksum_sum([header] + pieces) + pseudo
-        while s >> 16:
-            s = (s & 0xFFFF) + (s >> 16)
-        struct.pack_into("!H", header, 6, (~s & 0xFFFF) or 0xFFFF)
-        self.stack.ipv4.output_fragmented(port, dst_mac, src, dst, IPPROTO_UDP, [header] + pieces,
-                                          ulen, self.ttl, self.tos, nonblock, deadline, self,
-                                          self.tsflags, delivery_time)
-        return total
+        """In-band: send once route and neighbour are known (demoted datagrams)."""
+        data = views[0] if len(views) == 1 else b"".join(bytes(v) for v in views)
+        return self._core.send_resolved(route.port.core, dst_mac, route.source, dst, dport, data,
+                                        self.tsflags, nonblock, deadline)

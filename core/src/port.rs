@@ -1,0 +1,443 @@
+//! An oob port (EVL's per-interface oob state): the device, its preallocated pools, the qdisc,
+//! the counters, and the RX and TX threads.
+//!
+//! - `<if>.rx` blocks in the device, stamps `queuing_time` and runs the protocol input
+//!   (`rx::process`) for each frame up to the socket queues, ICMP and ARP replies included.
+//! - `<if>.tx` drains the qdisc, stamps `device_time`, hands frames to the device and pushes TX
+//!   timestamp records.
+//!
+//! Neither thread ever touches Python. Senders transmit straight from their own thread when the
+//! FIFO is empty and the device idle (Linux's qdisc bypass); receivers that busy-poll run the RX
+//! processing themselves while the RX thread parks (Linux's prefer-busy-poll).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+
+use crate::device::Device;
+use crate::doorbell::Doorbell;
+use crate::pool::{PacketBuf, Pool};
+use crate::qdisc::{make_qdisc, Qdisc};
+use crate::reassembly::Reassembler;
+use crate::socket::{SocketCore, TS_DEVICE, TS_QUEUING, TS_TX};
+use crate::stack::{InbandEvent, InbandKind, StackCore};
+use crate::stats::PortCounters;
+use crate::timestamps::monotonic_ns;
+
+/// Frames taken from the device per batch.
+pub const RX_BATCH: usize = 64;
+/// How often an idle RX thread wakes for housekeeping (reassembly expiry), in ns.
+pub const RX_TICK_NS: u64 = 250_000_000;
+
+/// An errno value.
+pub type Errno = i32;
+
+/// How a port is built.
+#[derive(Clone, Debug)]
+pub struct PortConfig {
+    pub poolsz: usize,
+    pub bufsz: usize,
+    pub rx_poolsz: usize,
+    pub qdisc: String,
+    pub reasm_poolsz: usize,
+    pub ipfrag_max_datagrams: usize,
+    pub ipfrag_time_ns: u64,
+    /// How long the RX thread stays parked after the last busy poller left.
+    pub busy_poll_defer_ns: u64,
+    /// Run-to-completion TX from the sender's thread when the FIFO is empty.
+    pub tx_direct: bool,
+}
+
+/// A frame on its way out, with whom to tell when it left.
+pub struct TxItem {
+    pub buf: PacketBuf,
+    pub sock: Option<Arc<SocketCore>>,
+    pub tsflags: u32,
+}
+
+/// The addresses of the port's interface.
+#[derive(Default, Debug, Clone)]
+pub struct Addresses {
+    /// Unicast addresses of the interface.
+    pub unicast: Vec<u32>,
+    /// Everything we accept as a destination: unicast plus directed and limited broadcasts.
+    pub local: Vec<u32>,
+}
+
+/// One enabled port.
+pub struct Port {
+    pub id: usize,
+    pub name: String,
+    pub device: Arc<dyn Device>,
+    pub mac: [u8; 6],
+    pub mtu: usize,
+    pub vlan_id: u16,
+    pub tx_pool: Arc<Pool>,
+    pub rx_pool: Arc<Pool>,
+    pub counters: PortCounters,
+    pub stack: Arc<StackCore>,
+    pub addrs: ArcSwap<Addresses>,
+    pub reasm: Mutex<Reassembler>,
+    qdisc: Box<dyn Qdisc<TxItem>>,
+    ident: AtomicU16,
+    enabled: AtomicBool,
+    link_up: AtomicBool,
+    running: AtomicBool,
+    tx_bell: Doorbell,
+    tx_busy: AtomicBool,
+    tx_lock: Mutex<()>,
+    /// One consumer of the device at a time (RX thread or busy poller): frames stay in order.
+    rx_lock: Mutex<()>,
+    busy_pollers: AtomicUsize,
+    last_poll_exit: AtomicU64,
+    /// Test hook: the RX thread parks while set, so only busy pollers consume frames.
+    rx_thread_paused: AtomicBool,
+    rx_thread_parked: AtomicBool,
+    rx_park: Doorbell,
+    busy_poll_defer_ns: u64,
+    tx_direct: bool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Port {
+    /// Build the port, attach the device and start its threads.
+    pub fn start(
+        stack: Arc<StackCore>,
+        id: usize,
+        name: &str,
+        device: Arc<dyn Device>,
+        cfg: &PortConfig,
+    ) -> io::Result<Arc<Port>> {
+        let qdisc = make_qdisc::<TxItem>(&cfg.qdisc, cfg.poolsz.max(1))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let qdisc_bypass = qdisc.can_bypass();
+        let reasm_pool = Pool::new(&format!("{name} reassembly"), cfg.reasm_poolsz, 65536 + 64);
+        let port = Arc::new(Port {
+            id,
+            name: name.to_string(),
+            mac: device.mac(),
+            mtu: device.mtu(),
+            vlan_id: device.vlan_id(),
+            tx_pool: Pool::new(&format!("{name} TX pool"), cfg.poolsz, cfg.bufsz),
+            rx_pool: Pool::new(&format!("{name} RX pool"), cfg.rx_poolsz, cfg.bufsz),
+            counters: PortCounters::default(),
+            addrs: ArcSwap::from_pointee(Addresses::default()),
+            reasm: Mutex::new(Reassembler::new(
+                reasm_pool,
+                cfg.ipfrag_max_datagrams,
+                cfg.ipfrag_time_ns,
+            )),
+            qdisc,
+            ident: AtomicU16::new((monotonic_ns() & 0xFFFF) as u16),
+            enabled: AtomicBool::new(true),
+            link_up: AtomicBool::new(device.is_up()),
+            running: AtomicBool::new(true),
+            tx_bell: Doorbell::default(),
+            tx_busy: AtomicBool::new(false),
+            tx_lock: Mutex::new(()),
+            rx_lock: Mutex::new(()),
+            busy_pollers: AtomicUsize::new(0),
+            last_poll_exit: AtomicU64::new(0),
+            rx_thread_paused: AtomicBool::new(false),
+            rx_thread_parked: AtomicBool::new(false),
+            rx_park: Doorbell::default(),
+            busy_poll_defer_ns: cfg.busy_poll_defer_ns,
+            tx_direct: cfg.tx_direct && qdisc_bypass,
+            threads: Mutex::new(Vec::new()),
+            device,
+            stack,
+        });
+        port.device.attach(Arc::clone(&port.rx_pool))?;
+        // The device reports carrier changes it notices itself (AF_PACKET socket errors).
+        let weak = Arc::downgrade(&port);
+        port.device.set_link_listener(Some(Arc::new(move |state: Option<bool>| {
+            if let Some(p) = weak.upgrade() {
+                p.set_link(state == Some(true));
+            }
+        })));
+        let rx = Arc::clone(&port);
+        let tx = Arc::clone(&port);
+        let mut threads = port.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.push(
+            std::thread::Builder::new().name(format!("{name}.rx")).spawn(move || rx.rx_loop())?,
+        );
+        threads.push(
+            std::thread::Builder::new().name(format!("{name}.tx")).spawn(move || tx.tx_loop())?,
+        );
+        drop(threads);
+        Ok(port)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Acquire)
+    }
+
+    pub fn link_up(&self) -> bool {
+        self.link_up.load(Acquire)
+    }
+
+    /// The control plane (netlink, or the virtual link) saw the link change.
+    pub fn set_link(&self, up: bool) {
+        self.link_up.store(up, Release);
+    }
+
+    /// The next IPv4 identification.
+    pub fn next_ident(&self) -> u16 {
+        self.ident.fetch_add(1, Relaxed)
+    }
+
+    /// ENETDOWN unless the port can send.
+    pub fn check_sendable(&self) -> Result<(), Errno> {
+        if !self.enabled() || !self.link_up() {
+            return Err(libc::ENETDOWN);
+        }
+        Ok(())
+    }
+
+    /// A TX buffer without waiting; exhaustion counts `tx_nomem`.
+    pub fn take_tx_now(&self) -> Option<PacketBuf> {
+        let b = self.tx_pool.take();
+        if b.is_none() {
+            PortCounters::bump(&self.counters.tx_nomem);
+        }
+        b
+    }
+
+    // -- TX -------------------------------------------------------------------------------------
+
+    /// Hand a built frame to the qdisc (or straight to the device when the FIFO is empty).
+    pub fn transmit(&self, mut item: TxItem) -> Result<(), Errno> {
+        if !self.enabled() || !self.link_up() {
+            PortCounters::bump(&self.counters.tx_dropped_down);
+            return Err(libc::ENETDOWN);
+        }
+        if item.tsflags & (TS_TX | TS_QUEUING) == TS_TX | TS_QUEUING {
+            item.buf.times.queuing = monotonic_ns();
+        }
+        if self.tx_direct && self.qdisc.is_empty() {
+            if let Ok(_guard) = self.tx_lock.try_lock() {
+                self.xmit(item);
+                drop(_guard);
+                if !self.qdisc.is_empty() {
+                    self.tx_bell.ring();
+                }
+                return Ok(());
+            }
+        }
+        if let Err(_refused) = self.qdisc.enqueue(item) {
+            PortCounters::bump(&self.counters.tx_qdisc_drops);
+            return Err(libc::ENOBUFS);
+        }
+        self.tx_bell.ring();
+        Ok(())
+    }
+
+    fn xmit(&self, mut item: TxItem) {
+        if item.tsflags & (TS_TX | TS_DEVICE) == TS_TX | TS_DEVICE {
+            item.buf.times.device = monotonic_ns();
+        }
+        let c = &self.counters;
+        match self.device.transmit(item.buf.payload()) {
+            Ok(()) => {
+                PortCounters::bump(&c.tx_packets);
+                c.tx_bytes.fetch_add(item.buf.len() as u64, Relaxed);
+                if let Some(sock) = &item.sock {
+                    if item.tsflags & TS_TX != 0 {
+                        sock.push_tx_record(item.buf.times);
+                    }
+                }
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENETDOWN) | Some(libc::ENXIO) | Some(libc::ENODEV) => {
+                    PortCounters::bump(&c.tx_dropped_down)
+                }
+                _ => PortCounters::bump(&c.tx_errors),
+            },
+        }
+    }
+
+    fn tx_loop(self: Arc<Self>) {
+        loop {
+            if !self.qdisc.is_empty() {
+                // The device first, then the frames: while a sender holds the device, frames
+                // wait in the qdisc (where they are counted), and order is kept.
+                let _g = self.tx_lock.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(item) = self.qdisc.dequeue() {
+                    self.tx_busy.store(true, Release);
+                    self.xmit(item);
+                }
+            }
+            self.tx_busy.store(false, Release);
+            if !self.running.load(Acquire) {
+                return;
+            }
+            self.tx_bell.wait(Some(RX_TICK_NS));
+        }
+    }
+
+    // -- RX -------------------------------------------------------------------------------------
+
+    fn rx_loop(self: Arc<Self>) {
+        let mut next_tick = monotonic_ns() + RX_TICK_NS;
+        while self.running.load(Acquire) {
+            let now = monotonic_ns();
+            if self.rx_thread_paused.load(Acquire) {
+                self.rx_thread_parked.store(true, Release);
+                self.rx_park.wait(Some(RX_TICK_NS));
+                continue;
+            }
+            self.rx_thread_parked.store(false, Release);
+            let parked = self.busy_pollers.load(Acquire) > 0
+                || now.saturating_sub(self.last_poll_exit.load(Acquire)) < self.busy_poll_defer_ns;
+            if parked {
+                self.rx_park.wait(Some(self.busy_poll_defer_ns.max(1_000_000)));
+            } else {
+                let guard = self.rx_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let res = self.device.receive(RX_BATCH, Some(RX_TICK_NS), &mut |buf| {
+                    crate::rx::process(&self, buf);
+                });
+                drop(guard);
+                if res.is_err() {
+                    // device gone or down: let the link state settle
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+            let now = monotonic_ns();
+            if now >= next_tick {
+                next_tick = now + RX_TICK_NS;
+                self.housekeeping(now);
+            }
+        }
+    }
+
+    fn housekeeping(&self, now: u64) {
+        let mut r = self.reasm.lock().unwrap_or_else(|e| e.into_inner());
+        let expired = r.expire(now);
+        if expired > 0 {
+            // a timed-out datagram is dropped as a whole (RX ledger in `stats`)
+            self.counters.rx_reasm_timeouts.fetch_add(expired as u64, Relaxed);
+            self.counters.rx_reasm_fails.fetch_add(expired as u64, Relaxed);
+        }
+    }
+
+    /// Busy polling (Linux SO_BUSY_POLL): process what the device has ready from the calling
+    /// thread, without blocking; 0 when another consumer holds the device right now.
+    pub fn poll_rx(&self) -> usize {
+        if !self.running.load(Acquire) || !self.device.ready() {
+            return 0;
+        }
+        let Ok(_guard) = self.rx_lock.try_lock() else { return 0 };
+        self.device
+            .receive(RX_BATCH, Some(0), &mut |buf| crate::rx::process(self, buf))
+            .unwrap_or(0)
+    }
+
+    /// Test hook: park the RX thread (true) or let it run again; returns whether it is parked
+    /// now (it parks at its next loop, within one device wait).
+    pub fn pause_rx_thread(&self, paused: bool) -> bool {
+        self.rx_thread_paused.store(paused, Release);
+        if paused {
+            self.device.wake();
+        } else {
+            self.rx_park.ring();
+        }
+        self.rx_thread_parked.load(Acquire)
+    }
+
+    /// Test hook: whether the RX thread is parked by `pause_rx_thread`.
+    pub fn rx_thread_parked(&self) -> bool {
+        self.rx_thread_parked.load(Acquire)
+    }
+
+    /// Whether a transmit now would go straight to the device from the caller's thread.
+    pub fn would_transmit_directly(&self) -> bool {
+        self.tx_direct && self.qdisc.is_empty()
+    }
+
+    /// Frames waiting in the qdisc.
+    pub fn qdisc_len(&self) -> usize {
+        self.qdisc.len()
+    }
+
+    /// Whether senders may transmit from their own thread (qdisc bypass).
+    pub fn direct_tx(&self) -> bool {
+        self.tx_direct
+    }
+
+    pub fn busy_poll_enter(&self) {
+        self.busy_pollers.fetch_add(1, AcqRel);
+    }
+
+    pub fn busy_poll_exit(&self) {
+        self.busy_pollers.fetch_sub(1, AcqRel);
+        self.last_poll_exit.store(monotonic_ns(), Release);
+    }
+
+    /// Hand a frame up to the in-band stage (custom protocols, ARP learning).
+    /// Counts `rx_inband` when queued, `rx_inband_drops` when the queue is full (one fate).
+    pub fn post_inband(&self, buf: PacketBuf, kind: InbandKind, offset: usize) {
+        let ev = InbandEvent { port: self.id, kind, offset, buf: Some(buf) };
+        if self.stack.post_inband(ev) {
+            PortCounters::bump(&self.counters.rx_inband);
+        } else {
+            self.counters.drop_for(crate::stats::DropReason::InbandFull);
+        }
+    }
+
+    // -- teardown -------------------------------------------------------------------------------
+
+    /// Stop the port: refuse new sends, let queued frames leave (up to `drain_ns`), stop the
+    /// threads, give every buffer back.
+    pub fn shutdown(&self, drain_ns: u64) {
+        if !self.running.load(Acquire) {
+            return;
+        }
+        self.enabled.store(false, Release);
+        let deadline = monotonic_ns() + drain_ns;
+        while (!self.qdisc.is_empty() || self.tx_busy.load(Acquire))
+            && monotonic_ns() < deadline
+            && self.link_up()
+        {
+            self.tx_bell.ring();
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        self.running.store(false, Release);
+        self.tx_bell.ring();
+        self.rx_park.ring();
+        self.device.set_link_listener(None);
+        self.device.detach();
+        self.device.wake();
+        let me = std::thread::current().id();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        while let Some(_item) = self.qdisc.dequeue() {
+            PortCounters::bump(&self.counters.tx_dropped_down);
+        }
+        self.reasm.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.tx_pool.close();
+        self.rx_pool.close();
+    }
+
+    /// Whether the RX or TX thread still runs.
+    pub fn threads_alive(&self) -> bool {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|t| !t.is_finished())
+    }
+
+    /// Counters by name, the device's included.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let mut out = self.counters.snapshot();
+        out.extend(self.device.counters().snapshot());
+        out
+    }
+}

@@ -1,0 +1,987 @@
+//! The seam between the compiled core and the Python control plane (PyO3).
+//!
+//! This is the only module that knows about Python. Everything it exposes is a handle on core
+//! state. GIL discipline (measured): a receive checks its queue with the GIL held and returns at
+//! once when data is there; it releases the GIL only to wait; a short send keeps the GIL (taking
+//! and releasing it costs more than the send). No core thread ever takes the GIL: events go up
+//! through the stack's in-band queue, read by a Python thread with `next_event`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::device::afpacket::AfPacket;
+use crate::device::virtual_link::{VirtualEnd, VirtualLink, VirtualVlan};
+use crate::device::Device;
+use crate::ethernet::VlanSet;
+use crate::frontcache::{Lookup, Route, Snapshot};
+use crate::pool::PacketBuf;
+use crate::port::{Errno, Port, PortConfig, TxItem};
+use crate::socket::{SocketCore, WaitEnd};
+use crate::stack::{udp_key, InbandKind, PacketListener, StackCore};
+use crate::timestamps::{monotonic_ns, TX_RING_SIZE};
+use crate::tx::{self, SendError, UdpDatagram};
+
+fn oserr(errno: Errno, what: &str) -> PyErr {
+    let msg = std::io::Error::from_raw_os_error(errno).to_string();
+    PyOSError::new_err((errno, format!("{what}: {msg}")))
+}
+
+fn ioerr(e: std::io::Error, what: &str) -> PyErr {
+    oserr(e.raw_os_error().unwrap_or(libc::EIO), what)
+}
+
+fn mac_of(b: &[u8]) -> PyResult<[u8; 6]> {
+    b.try_into().map_err(|_| oserr(libc::EINVAL, "a MAC address has 6 bytes"))
+}
+
+/// Copy `src` into a writable Python buffer (bytearray, memoryview, array...); returns the
+/// bytes copied (at most the buffer's length).
+fn copy_out(py: Python<'_>, target: &Bound<'_, PyAny>, src: &[u8]) -> PyResult<usize> {
+    let buf = PyBuffer::<u8>::get(target)?;
+    if buf.readonly() || !buf.is_c_contiguous() {
+        return Err(oserr(libc::EINVAL, "receive buffer must be writable and contiguous"));
+    }
+    let n = src.len().min(buf.len_bytes());
+    // SAFETY: `buf` holds an exported, writable, C-contiguous buffer of `len_bytes()` bytes that
+    // stays valid while `buf` lives and the GIL is held (it is: `py` is bound); `n` fits both.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.buf_ptr() as *mut u8, n) };
+    let _ = py;
+    Ok(n)
+}
+
+/// Payload bytes of a Python object: bytes zero-copy, anything else through the buffer
+/// protocol into `scratch`.
+fn with_payload<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    let buf = PyBuffer::<u8>::get(data)?;
+    let bytes = buf.to_vec(data.py())?;
+    Ok(f(&bytes))
+}
+
+// -- stack -------------------------------------------------------------------------------------
+
+/// The core half of one `evlnet.Stack`.
+#[pyclass(module = "evlnet._core", name = "Stack", frozen)]
+pub struct PyStack {
+    core: Arc<StackCore>,
+}
+
+#[pymethods]
+impl PyStack {
+    #[new]
+    fn new(name: &str) -> PyResult<Self> {
+        Ok(PyStack { core: StackCore::new(name).map_err(|e| ioerr(e, "stack"))? })
+    }
+
+    /// Stack-wide switches.
+    fn configure(&self, icmp_echo_ignore_all: bool, icmp_echo_ignore_broadcasts: bool,
+                 accept_multicast: bool) {
+        let s = &self.core.settings;
+        s.icmp_echo_ignore_all.store(icmp_echo_ignore_all, Relaxed);
+        s.icmp_echo_ignore_broadcasts.store(icmp_echo_ignore_broadcasts, Relaxed);
+        s.accept_multicast.store(accept_multicast, Relaxed);
+    }
+
+    /// Publish a new front cache: routes `(dst, port_id, gateway, source, dead)`, neighbours
+    /// `(address, mac)`.
+    fn publish_frontcache(&self, routes: Vec<(u32, usize, u32, u32, bool)>,
+                          neighbours: Vec<(u32, Vec<u8>)>) -> PyResult<()> {
+        let mut snap = Snapshot::default();
+        for (dst, port, gateway, source, dead) in routes {
+            snap.routes.insert(dst, Route { port, gateway, source, dead });
+        }
+        for (ip, mac) in neighbours {
+            snap.neighbours.insert(ip, mac_of(&mac)?);
+        }
+        self.core.frontcache.publish(snap);
+        Ok(())
+    }
+
+    /// Bind a UDP (address, port) to a socket's queue (None unbinds).
+    fn bind_udp(&self, addr: u32, port: u16, sock: Option<PyRef<'_, PySocket>>) {
+        let key = udp_key(addr, port);
+        let target = sock.map(|s| Arc::clone(&s.core));
+        self.core.update_demux(|d| {
+            match target {
+                Some(s) => d.udp.insert(key, s),
+                None => d.udp.remove(&key),
+            };
+        });
+    }
+
+    /// A packet socket listens for `ethertype` (host order; 3 = ETH_P_ALL) on `ifindex` (0: any).
+    fn listen_packet(&self, ethertype: u16, ifindex: u32, sock: PyRef<'_, PySocket>) {
+        let l = PacketListener { sock: Arc::clone(&sock.core), ifindex };
+        self.core.update_demux(|d| {
+            if ethertype == 3 {
+                d.packet_taps.push(l);
+            } else {
+                d.packet_by_type.entry(ethertype).or_default().push(l);
+            }
+        });
+    }
+
+    /// Stop every listening of this socket.
+    fn unlisten_packet(&self, sock: PyRef<'_, PySocket>) {
+        let me = Arc::clone(&sock.core);
+        self.core.update_demux(|d| {
+            d.packet_taps.retain(|l| !Arc::ptr_eq(&l.sock, &me));
+            for v in d.packet_by_type.values_mut() {
+                v.retain(|l| !Arc::ptr_eq(&l.sock, &me));
+            }
+            d.packet_by_type.retain(|_, v| !v.is_empty());
+        });
+    }
+
+    /// EtherTypes and IP protocols whose frames go up to Python (custom protocols).
+    fn set_inband_protocols(&self, ethertypes: Vec<u16>, ip_protocols: Vec<u8>) {
+        self.core.update_demux(|d| {
+            d.inband_ethertypes = ethertypes.into_iter().collect();
+            d.inband_ip_protocols = ip_protocols.into_iter().collect();
+        });
+    }
+
+    /// EVL's oob VLAN set.
+    fn set_vlans(&self, vids: Vec<u16>) {
+        let mut set = VlanSet::default();
+        for vid in vids {
+            set.insert(vid);
+        }
+        self.core.update_demux(|d| d.vlans = set);
+    }
+
+    /// Sockets with RX timestamping on (process-wide), +1/-1.
+    #[staticmethod]
+    fn rx_stamping_add(delta: isize) {
+        let s = &crate::socket::RX_STAMPING;
+        if delta >= 0 {
+            s.fetch_add(delta as usize, Relaxed);
+        } else {
+            s.fetch_sub(delta.unsigned_abs(), Relaxed);
+        }
+    }
+
+    /// Sockets with RX timestamping on, process-wide.
+    #[staticmethod]
+    fn rx_stamping_count() -> usize {
+        crate::socket::RX_STAMPING.load(Relaxed)
+    }
+
+    /// The next event for the in-band stage, waiting up to `timeout` seconds (GIL released):
+    /// `(port_id, kind, arg, offset, frame, src_addr, src_mac, device_time, queuing_time)` or
+    /// None. `kind` is "arp", "ethertype" (arg: the EtherType) or "ip" (arg: the protocol);
+    /// `frame[offset:]` is the protocol's header.
+    #[allow(clippy::type_complexity)]
+    fn next_event<'py>(&self, py: Python<'py>, timeout: f64) -> Option<InbandTuple<'py>> {
+        let core = Arc::clone(&self.core);
+        let ns = (timeout.max(0.0) * 1e9) as u64;
+        let ev = py.detach(move || core.next_inband(Some(ns)))?;
+        let (kind, arg) = match ev.kind {
+            InbandKind::Arp => ("arp", 0),
+            InbandKind::EtherType(t) => ("ethertype", t as u32),
+            InbandKind::IpProtocol(p) => ("ip", p as u32),
+            InbandKind::Link(up) => ("link", up as u32),
+            InbandKind::Vanished => ("vanished", 0),
+        };
+        let b = ev.buf.as_ref();
+        Some((
+            ev.port,
+            kind,
+            arg,
+            ev.offset,
+            b.map(|b| PyBytes::new(py, b.payload())),
+            b.map_or(0, |b| b.meta.src_addr),
+            PyBytes::new(py, &b.map_or([0; 6], |b| b.meta.src_mac)),
+            b.map_or(0, |b| b.times.device),
+            b.map_or(0, |b| b.times.queuing),
+        ))
+    }
+
+    /// Wake a `next_event` waiter.
+    fn wake(&self) {
+        self.core.wake_inband();
+    }
+
+    /// Events lost because the in-band queue was full.
+    #[getter]
+    fn inband_drops(&self) -> u64 {
+        self.core.inband_drops.load(Relaxed)
+    }
+}
+
+// -- devices -----------------------------------------------------------------------------------
+
+/// Anything a port can be enabled on.
+fn device_of(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn Device>> {
+    if let Ok(e) = obj.cast::<PyVirtualEnd>() {
+        return Ok(e.get().end.clone() as Arc<dyn Device>);
+    }
+    if let Ok(v) = obj.cast::<PyVirtualVlan>() {
+        return Ok(v.get().vlan.clone() as Arc<dyn Device>);
+    }
+    if let Ok(a) = obj.cast::<PyAfPacket>() {
+        return Ok(a.get().dev.clone() as Arc<dyn Device>);
+    }
+    Err(oserr(libc::EINVAL, "not a core device"))
+}
+
+/// One end of an embedded virtual link.
+#[pyclass(module = "evlnet._core", name = "VirtualEnd", frozen)]
+pub struct PyVirtualEnd {
+    end: Arc<VirtualEnd>,
+}
+
+#[pymethods]
+impl PyVirtualEnd {
+    #[getter]
+    fn name(&self) -> String {
+        self.end.name().to_string()
+    }
+    #[getter]
+    fn ifindex(&self) -> u32 {
+        self.end.ifindex()
+    }
+    #[getter]
+    fn mac<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.end.mac())
+    }
+    #[getter]
+    fn mtu(&self) -> usize {
+        self.end.mtu()
+    }
+    fn is_up(&self) -> bool {
+        self.end.is_up()
+    }
+    /// `ip link set <end> up|down`.
+    fn set_up(&self, up: bool) {
+        self.end.set_up(up);
+    }
+    /// `ip link del <end>`.
+    fn remove(&self) {
+        self.end.remove();
+    }
+    /// A VLAN device on this end.
+    fn add_vlan(&self, vid: u16, name: &str) -> PyResult<PyVirtualVlan> {
+        let vlan = self.end.add_vlan(vid, Some(name)).map_err(|e| ioerr(e, "add VLAN"))?;
+        Ok(PyVirtualVlan { vlan })
+    }
+    /// Put a frame on the wire from Python (tests, tools).
+    fn transmit(&self, frame: &[u8]) -> PyResult<()> {
+        self.end.transmit(frame).map_err(|e| ioerr(e, "transmit"))
+    }
+    /// Deliver a frame to this end as if it came from the wire.
+    fn inject(&self, frame: &[u8]) {
+        self.end.inject(frame);
+    }
+    /// Record the frames arriving here (and deliver them too with `passthrough`).
+    fn set_tap(&self, enabled: bool, passthrough: bool) {
+        self.end.set_tap(enabled, passthrough);
+    }
+    fn take_tapped<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.end.take_tapped().iter().map(|f| PyBytes::new(py, f)).collect()
+    }
+    /// Wait up to `timeout` seconds for a recorded frame (GIL released).
+    fn wait_tapped(&self, py: Python<'_>, timeout: f64) -> bool {
+        let end = Arc::clone(&self.end);
+        let ns = (timeout.max(0.0) * 1e9) as u64;
+        py.detach(move || end.wait_tapped(Some(ns)))
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.end.counters().snapshot()
+    }
+    /// Test hook: close (true) or open the TX gate (transmits wait inside the device).
+    fn hold_tx(&self, py: Python<'_>, closed: bool) {
+        let end = Arc::clone(&self.end);
+        py.detach(move || end.hold_tx(closed));
+    }
+    /// Test hook: transmits that waited at the gate.
+    fn tx_held(&self) -> usize {
+        self.end.tx_held()
+    }
+}
+
+/// A VLAN device on a virtual end.
+#[pyclass(module = "evlnet._core", name = "VirtualVlan", frozen)]
+pub struct PyVirtualVlan {
+    vlan: Arc<VirtualVlan>,
+}
+
+#[pymethods]
+impl PyVirtualVlan {
+    #[getter]
+    fn name(&self) -> String {
+        self.vlan.name().to_string()
+    }
+    #[getter]
+    fn ifindex(&self) -> u32 {
+        self.vlan.ifindex()
+    }
+    #[getter]
+    fn vlan_id(&self) -> u16 {
+        self.vlan.vlan_id()
+    }
+    fn is_up(&self) -> bool {
+        self.vlan.is_up()
+    }
+    fn transmit(&self, frame: &[u8]) -> PyResult<()> {
+        self.vlan.transmit(frame).map_err(|e| ioerr(e, "transmit"))
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.vlan.counters().snapshot()
+    }
+}
+
+/// `(a, b)`: the two ends of a new virtual link.
+#[pyfunction]
+fn virtual_link(name_a: &str, name_b: &str, mtu: usize) -> (PyVirtualEnd, PyVirtualEnd) {
+    let link = VirtualLink::new(name_a, name_b, mtu);
+    (PyVirtualEnd { end: link.a }, PyVirtualEnd { end: link.b })
+}
+
+/// A Linux interface through an AF_PACKET TPACKET_V2 ring (made in the caller's netns).
+#[pyclass(module = "evlnet._core", name = "AfPacket", frozen)]
+pub struct PyAfPacket {
+    dev: Arc<AfPacket>,
+    /// The RX pool of a driver test (`attach`); a port brings its own.
+    test_pool: std::sync::Mutex<Option<Arc<crate::pool::Pool>>>,
+}
+
+#[pymethods]
+impl PyAfPacket {
+    #[new]
+    fn new(ifname: &str, rx_frames: usize) -> PyResult<Self> {
+        let dev = AfPacket::open(ifname, rx_frames).map_err(|e| ioerr(e, ifname))?;
+        Ok(PyAfPacket { dev: Arc::new(dev), test_pool: std::sync::Mutex::new(None) })
+    }
+    #[getter]
+    fn ifindex(&self) -> u32 {
+        self.dev.ifindex()
+    }
+    #[getter]
+    fn mac<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.dev.mac())
+    }
+    #[getter]
+    fn mtu(&self) -> usize {
+        self.dev.mtu()
+    }
+    #[getter]
+    fn hatype(&self) -> u16 {
+        self.dev.hatype()
+    }
+    /// `(frame size, frames)` of the RX ring.
+    #[getter]
+    fn ring_geometry(&self) -> (usize, usize) {
+        self.dev.ring_geometry()
+    }
+    fn is_up(&self) -> bool {
+        self.dev.is_up()
+    }
+    /// Driver tests: attach an RX pool of `count` buffers of `size` bytes (a port does this
+    /// itself when it is enabled on the device).
+    fn attach(&self, count: usize, size: usize) -> PyResult<()> {
+        let pool = crate::pool::Pool::new("driver test", count, size);
+        self.dev.attach(Arc::clone(&pool)).map_err(|e| ioerr(e, "attach"))?;
+        *self.test_pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+        Ok(())
+    }
+    fn detach(&self) {
+        self.dev.detach();
+        self.test_pool.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+    /// Driver tests: up to `limit` frames as `(frame, device_time)`, waiting up to `timeout`
+    /// seconds (None: until one arrives or `wake()`) with the GIL released.
+    #[pyo3(signature = (limit, timeout=None))]
+    fn receive<'py>(&self, py: Python<'py>, limit: usize, timeout: Option<f64>)
+        -> PyResult<Vec<(Bound<'py, PyBytes>, u64)>> {
+        let dev = Arc::clone(&self.dev);
+        let ns = timeout.map(|t| (t.max(0.0) * 1e9) as u64);
+        let got = py.detach(move || {
+            let mut out = Vec::new();
+            dev.receive(limit, ns, &mut |b| out.push((b.payload().to_vec(), b.times.device)))
+                .map(|_| out)
+        }).map_err(|e| ioerr(e, "receive"))?;
+        Ok(got.into_iter().map(|(f, t)| (PyBytes::new(py, &f), t)).collect())
+    }
+    /// Whether a frame is waiting in the ring (one memory read).
+    fn ready(&self) -> bool {
+        self.dev.ready()
+    }
+    fn wake(&self) {
+        self.dev.wake();
+    }
+    /// Driver tests: free buffers of the attached pool.
+    fn pool_free(&self) -> usize {
+        self.test_pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |p| p.free())
+    }
+    fn fileno(&self) -> i32 {
+        self.dev.fd()
+    }
+    fn set_vlan_id(&self, vid: u16) {
+        self.dev.set_vlan_id(vid);
+    }
+    fn set_link_up(&self, up: bool) {
+        self.dev.set_link_up(up);
+    }
+    fn set_link_gone(&self) {
+        self.dev.set_link_gone();
+    }
+    /// Attach a classic BPF socket filter (`(code, jt, jf, k)` tuples).
+    fn set_filter(&self, prog: Vec<(u16, u8, u8, u32)>) -> PyResult<()> {
+        self.dev.set_filter(&prog).map_err(|e| ioerr(e, "the kernel rejected the BPF program"))
+    }
+    fn clear_filter(&self) -> PyResult<()> {
+        self.dev.clear_filter().map_err(|e| ioerr(e, "detach filter"))
+    }
+    /// `(tp_packets, tp_drops, tp_freeze_q_cnt)` since the last read.
+    fn read_kernel_stats(&self) -> PyResult<(u64, u64, u64)> {
+        self.dev.read_kernel_stats().map_err(|e| ioerr(e, "PACKET_STATISTICS"))
+    }
+    fn transmit(&self, frame: &[u8]) -> PyResult<()> {
+        self.dev.transmit(frame).map_err(|e| ioerr(e, "transmit"))
+    }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.dev.counters().snapshot()
+    }
+}
+
+// -- ports -------------------------------------------------------------------------------------
+
+/// An enabled port (the core's RX/TX threads, pools, qdisc and counters).
+#[pyclass(module = "evlnet._core", name = "Port", frozen)]
+pub struct PyPort {
+    port: Arc<Port>,
+}
+
+#[pymethods]
+impl PyPort {
+    #[new]
+    #[pyo3(signature = (stack, id, name, device, poolsz, bufsz, rx_poolsz, qdisc="oob_fifo",
+                        reasm_poolsz=16, ipfrag_max_datagrams=64, ipfrag_time=30.0,
+                        busy_poll_defer_us=2000, tx_direct=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(stack: PyRef<'_, PyStack>, id: usize, name: &str, device: &Bound<'_, PyAny>,
+           poolsz: usize, bufsz: usize, rx_poolsz: usize, qdisc: &str, reasm_poolsz: usize,
+           ipfrag_max_datagrams: usize, ipfrag_time: f64, busy_poll_defer_us: u64,
+           tx_direct: bool) -> PyResult<Self> {
+        let cfg = PortConfig {
+            poolsz,
+            bufsz,
+            rx_poolsz,
+            qdisc: qdisc.to_string(),
+            reasm_poolsz,
+            ipfrag_max_datagrams,
+            ipfrag_time_ns: (ipfrag_time * 1e9) as u64,
+            busy_poll_defer_ns: busy_poll_defer_us * 1000,
+            tx_direct,
+        };
+        let dev = device_of(device)?;
+        let port = Port::start(Arc::clone(&stack.core), id, name, dev, &cfg)
+            .map_err(|e| ioerr(e, "enable port"))?;
+        stack.core.add_port(Arc::clone(&port));
+        Ok(PyPort { port })
+    }
+
+    #[getter]
+    fn id(&self) -> usize {
+        self.port.id
+    }
+
+    /// The interface's addresses: unicast ones, and every destination we accept.
+    fn set_addresses(&self, unicast: Vec<u32>, local: Vec<u32>) {
+        self.port.addrs.store(Arc::new(crate::port::Addresses { unicast, local }));
+    }
+
+    fn set_link(&self, up: bool) {
+        self.port.set_link(up);
+    }
+
+    #[getter]
+    fn enabled(&self) -> bool {
+        self.port.enabled()
+    }
+
+    #[getter]
+    fn link_up(&self) -> bool {
+        self.port.link_up()
+    }
+
+    /// Stop the port (queued frames leave first, up to `drain` seconds); GIL released.
+    fn shutdown(&self, py: Python<'_>, stack: PyRef<'_, PyStack>, drain: f64) {
+        let port = Arc::clone(&self.port);
+        stack.core.remove_port(port.id);
+        py.detach(move || port.shutdown((drain * 1e9) as u64));
+    }
+
+    #[getter]
+    fn threads_alive(&self) -> bool {
+        self.port.threads_alive()
+    }
+
+    /// Counters by name (port and device).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.port.counters.snapshot()
+    }
+
+    /// `(tx_size, tx_total, tx_free, rx_total, rx_free)`.
+    fn pools(&self) -> (usize, usize, usize, usize, usize) {
+        let p = &self.port;
+        (p.tx_pool.size(), p.tx_pool.total(), p.tx_pool.free(), p.rx_pool.total(), p.rx_pool.free())
+    }
+
+    /// Datagrams in reassembly and the reassembly pool's `(total, free)`.
+    fn reassembly(&self) -> (usize, usize, usize) {
+        let r = self.port.reasm.lock().unwrap_or_else(|e| e.into_inner());
+        (r.pending(), r.pool_total(), r.pool_free())
+    }
+
+    /// Transmit one complete frame built in-band (ARP requests, packet sockets, custom
+    /// protocols). Raises ENETDOWN, EWOULDBLOCK (pool empty), EMSGSIZE.
+    #[pyo3(signature = (frame, sock=None, tsflags=0, delivery_time=0, nonblock=true,
+                        deadline_ns=None))]
+    fn transmit(&self, py: Python<'_>, frame: &Bound<'_, PyAny>, sock: Option<PyRef<'_, PySocket>>,
+                tsflags: u32, delivery_time: u64, nonblock: bool, deadline_ns: Option<u64>)
+        -> PyResult<usize> {
+        let port = &self.port;
+        port.check_sendable().map_err(|e| oserr(e, "transmit"))?;
+        let mut buf = take_buffer(py, port, nonblock, deadline_ns)?;
+        let n = with_payload(frame, |bytes| {
+            if !buf.fill(bytes) {
+                return Err(oserr(libc::EMSGSIZE, "frame larger than the port's buffers"));
+            }
+            Ok(bytes.len())
+        })??;
+        if buf.len() < 60 {
+            let end = buf.end;
+            buf.data_mut()[end..60].fill(0);
+            buf.end = 60;
+        }
+        buf.times.delivery = delivery_time;
+        let item = TxItem { buf, sock: sock.map(|s| Arc::clone(&s.core)), tsflags };
+        transmit(py, port, item).map_err(|e| oserr(e, "transmit"))?;
+        Ok(n)
+    }
+
+    /// Test hook: park the port's RX thread (only busy pollers consume) or release it;
+    /// returns whether it is parked now.
+    fn pause_rx_thread(&self, paused: bool) -> bool {
+        self.port.pause_rx_thread(paused)
+    }
+
+    #[getter]
+    fn rx_thread_parked(&self) -> bool {
+        self.port.rx_thread_parked()
+    }
+
+    #[getter]
+    fn qdisc_len(&self) -> usize {
+        self.port.qdisc_len()
+    }
+
+    #[getter]
+    fn direct_tx(&self) -> bool {
+        self.port.direct_tx()
+    }
+
+    /// Busy poll once from the calling thread (testing and tools).
+    fn poll_rx(&self) -> usize {
+        self.port.poll_rx()
+    }
+}
+
+/// Hand a frame to the port: with the GIL held when it only joins the qdisc, released when it
+/// goes straight to the device (a syscall on Linux ports, and a device may hold it).
+fn transmit(py: Python<'_>, port: &Arc<Port>, item: TxItem) -> Result<(), Errno> {
+    if port.would_transmit_directly() {
+        let port = Arc::clone(port);
+        py.detach(move || port.transmit(item))
+    } else {
+        port.transmit(item)
+    }
+}
+
+/// A TX buffer: at once with the GIL held, or waiting for one with the GIL released.
+fn take_buffer(py: Python<'_>, port: &Arc<Port>, nonblock: bool, deadline_ns: Option<u64>)
+    -> PyResult<PacketBuf> {
+    if let Some(b) = port.take_tx_now() {
+        return Ok(b);
+    }
+    if nonblock {
+        return Err(oserr(libc::EWOULDBLOCK, "TX pool is empty"));
+    }
+    let pool = Arc::clone(&port.tx_pool);
+    py.detach(move || pool.take_wait(deadline_ns)).map_err(|e| match e {
+        crate::pool::TakeError::TimedOut => oserr(libc::ETIMEDOUT, "no free TX buffer"),
+        crate::pool::TakeError::Closed => oserr(libc::ENETDOWN, "port was disabled"),
+    })
+}
+
+// -- sockets -----------------------------------------------------------------------------------
+
+/// The core half of an oob socket: its queue, TX ring, readiness fd and TX settings.
+#[pyclass(module = "evlnet._core", name = "Socket")]
+pub struct PySocket {
+    core: Arc<SocketCore>,
+    stack: Arc<StackCore>,
+    #[pyo3(get, set)]
+    local_addr: u32,
+    #[pyo3(get, set)]
+    local_port: u16,
+    #[pyo3(get, set)]
+    ttl: u8,
+    #[pyo3(get, set)]
+    tos: u8,
+    #[pyo3(get, set)]
+    dont_fragment: bool,
+    #[pyo3(get, set)]
+    broadcast: bool,
+    /// SO_BINDTODEVICE as a port id (None: any).
+    #[pyo3(get, set)]
+    bound_port: Option<usize>,
+}
+
+type RecvResult = (usize, usize, u32, u16, u64, u64, u64);
+type InbandTuple<'py> = (
+    usize,
+    &'static str,
+    u32,
+    usize,
+    Option<Bound<'py, PyBytes>>,
+    u32,
+    Bound<'py, PyBytes>,
+    u64,
+    u64,
+);
+type FrameResult<'py> = (usize, usize, usize, u16, u8, Bound<'py, PyBytes>, u64, u64, u64);
+
+impl PySocket {
+    /// Pop a datagram: at once with the GIL held when one is there, else wait with it released.
+    fn pop_or_wait(&self, py: Python<'_>, nonblock: bool, deadline_ns: Option<u64>,
+                   busy_poll_us: u64) -> PyResult<PacketBuf> {
+        loop {
+            if let Some(b) = self.core.pop() {
+                return Ok(b);
+            }
+            let err = self.core.error();
+            if err != 0 {
+                return Err(oserr(err, "oob port went down"));
+            }
+            if nonblock {
+                return Err(oserr(libc::EWOULDBLOCK, "no datagram queued"));
+            }
+            if let Some(d) = deadline_ns {
+                if monotonic_ns() >= d {
+                    return Err(oserr(libc::ETIMEDOUT, "receive timed out"));
+                }
+            }
+            let core = Arc::clone(&self.core);
+            let ports = if busy_poll_us > 0 { self.stack.ports() } else { Vec::new() };
+            let end = py.detach(move || {
+                if !ports.is_empty() {
+                    // Busy poll (SO_BUSY_POLL): this thread runs the ports' RX processing and
+                    // their RX threads park meanwhile; registered only while spinning, so a
+                    // receiver that goes to sleep never keeps an RX thread parked.
+                    for p in &ports {
+                        p.busy_poll_enter();
+                    }
+                    let got = core.spin(deadline_ns, busy_poll_us * 1000, &mut || {
+                        for p in &ports {
+                            p.poll_rx();
+                        }
+                    });
+                    for p in &ports {
+                        p.busy_poll_exit();
+                    }
+                    if got {
+                        return WaitEnd::Ready;
+                    }
+                }
+                core.wait(deadline_ns)
+            });
+            if end == WaitEnd::TimedOut && self.core.is_empty() {
+                return Err(oserr(libc::ETIMEDOUT, "receive timed out"));
+            }
+            py.check_signals()?;
+        }
+    }
+}
+
+#[pymethods]
+impl PySocket {
+    #[new]
+    fn new(stack: PyRef<'_, PyStack>) -> PyResult<Self> {
+        Ok(PySocket {
+            core: Arc::new(SocketCore::new().map_err(|e| ioerr(e, "socket"))?),
+            stack: Arc::clone(&stack.core),
+            local_addr: 0,
+            local_port: 0,
+            ttl: 64,
+            tos: 0,
+            dont_fragment: false,
+            broadcast: false,
+            bound_port: None,
+        })
+    }
+
+    /// Share another socket's queue (SO_REUSEPORT owners of one binding).
+    fn share_queue_of(&mut self, other: PyRef<'_, PySocket>) {
+        self.core = Arc::clone(&other.core);
+    }
+
+    /// Use a private queue again (after leaving a shared binding).
+    fn private_queue(&mut self) -> PyResult<()> {
+        let fresh = SocketCore::new().map_err(|e| ioerr(e, "socket"))?;
+        fresh.set_rcvbuf(self.core.rcvbuf());
+        self.core = Arc::new(fresh);
+        Ok(())
+    }
+
+    /// The readiness fd: readable while a datagram, a TX record or an error is pending.
+    fn fileno(&self) -> i32 {
+        self.core.fd()
+    }
+
+    #[getter]
+    fn rcvbuf(&self) -> usize {
+        self.core.rcvbuf()
+    }
+
+    #[setter]
+    fn set_rcvbuf(&self, v: usize) {
+        self.core.set_rcvbuf(v);
+    }
+
+    #[getter]
+    fn tsflags(&self) -> u32 {
+        self.core.tsflags()
+    }
+
+    #[setter]
+    fn set_tsflags(&self, v: u32) {
+        self.core.set_tsflags(v);
+    }
+
+    #[getter]
+    fn error(&self) -> i32 {
+        self.core.error()
+    }
+
+    #[setter]
+    fn set_error(&self, err: i32) {
+        self.core.set_error(err);
+    }
+
+    /// Datagrams queued.
+    fn __len__(&self) -> usize {
+        self.core.len()
+    }
+
+    /// Free queued datagrams (those received on port `port_id` only, when given).
+    #[pyo3(signature = (port_id=None))]
+    fn purge(&self, port_id: Option<usize>) {
+        let _ = port_id; // frames do not record their port yet: purge all
+        self.core.purge(|_| false);
+    }
+
+    /// Receive one datagram into `buffer`: `(copied, length, src_addr, src_port, device_time,
+    /// queuing_time, delivery_time)`.
+    #[pyo3(signature = (buffer, nonblock=false, deadline_ns=None, busy_poll_us=0))]
+    fn recv_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, nonblock: bool,
+                 deadline_ns: Option<u64>, busy_poll_us: u64) -> PyResult<RecvResult> {
+        let b = self.pop_or_wait(py, nonblock, deadline_ns, busy_poll_us)?;
+        let n = copy_out(py, buffer, b.payload())?;
+        let m = b.meta;
+        Ok((n, b.len(), m.src_addr, m.src_port, b.times.device, b.times.queuing, b.times.delivery))
+    }
+
+    /// Receive one frame (packet sockets): `(copied, length, port_id, protocol, pkttype,
+    /// src_mac, device_time, queuing_time, delivery_time)`.
+    #[pyo3(signature = (buffer, nonblock=false, deadline_ns=None, busy_poll_us=0))]
+    fn recv_frame_into<'py>(&self, py: Python<'py>, buffer: &Bound<'_, PyAny>, nonblock: bool,
+                            deadline_ns: Option<u64>, busy_poll_us: u64)
+        -> PyResult<FrameResult<'py>> {
+        let b = self.pop_or_wait(py, nonblock, deadline_ns, busy_poll_us)?;
+        let n = copy_out(py, buffer, b.payload())?;
+        let m = b.meta;
+        Ok((n, b.len(), m.port_id as usize, m.protocol, m.pkttype,
+            PyBytes::new(py, &m.src_mac), b.times.device, b.times.queuing, b.times.delivery))
+    }
+
+    /// Queue data delivered by an in-band protocol handler (custom protocols); false when over
+    /// SO_RCVBUF or no buffer is free (both counted on the port).
+    #[pyo3(signature = (stack, port_id, data, src_addr=0, src_port=0, src_mac=None, protocol=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(&self, stack: PyRef<'_, PyStack>, port_id: usize, data: &[u8], src_addr: u32,
+               src_port: u16, src_mac: Option<&[u8]>, protocol: u16) -> PyResult<bool> {
+        let port = stack.core.port(port_id).ok_or_else(|| oserr(libc::ENETDOWN, "no such port"))?;
+        let Some(mut b) = port.rx_pool.take() else {
+            port.counters.rx_nomem.fetch_add(1, Relaxed);
+            return Ok(false);
+        };
+        if !b.fill(data) {
+            return Err(oserr(libc::EMSGSIZE, "datagram larger than the port's buffers"));
+        }
+        b.meta.src_addr = src_addr;
+        b.meta.src_port = src_port;
+        b.meta.port_id = port_id as u32;
+        b.meta.protocol = protocol;
+        if let Some(mac) = src_mac {
+            b.meta.src_mac = mac_of(mac)?;
+        }
+        if self.core.push(b, stack.core.rx_stamping()).is_err() {
+            port.counters.drop_for(crate::stats::DropReason::SockFull);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Send a UDP datagram through the front cache (the oob fast path). Returns the bytes sent,
+    /// or -1 on a front-cache miss (the caller demotes the datagram to the in-band stage).
+    #[pyo3(signature = (dst, dport, data, tsflags=0, nonblock=false, deadline_ns=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn sendto(&self, py: Python<'_>, dst: u32, dport: u16, data: &Bound<'_, PyAny>, tsflags: u32,
+              nonblock: bool, deadline_ns: Option<u64>) -> PyResult<isize> {
+        let (route, mac) = match self.stack.frontcache.lookup(dst) {
+            Lookup::Hit { route, mac } => (route, mac),
+            Lookup::Down => return Err(oserr(libc::ENETDOWN, "the route's port is disabled")),
+            Lookup::Miss => return Ok(-1),
+        };
+        if let Some(bound) = self.bound_port {
+            if bound != route.port {
+                return Ok(-1);
+            }
+        }
+        let port = self.stack.port(route.port).ok_or_else(|| oserr(libc::ENETDOWN, "port gone"))?;
+        self.send_via(py, &port, mac, route.source, dst, dport, data, tsflags, nonblock, deadline_ns)
+            .map(|n| n as isize)
+    }
+
+    /// Send a UDP datagram once route and neighbour are known (demoted sends, resolved in-band).
+    #[pyo3(signature = (port, dst_mac, source, dst, dport, data, tsflags=0, nonblock=false,
+                        deadline_ns=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send_resolved(&self, py: Python<'_>, port: PyRef<'_, PyPort>, dst_mac: &[u8], source: u32,
+                     dst: u32, dport: u16, data: &Bound<'_, PyAny>, tsflags: u32, nonblock: bool,
+                     deadline_ns: Option<u64>) -> PyResult<usize> {
+        let mac = mac_of(dst_mac)?;
+        let port = Arc::clone(&port.port);
+        self.send_via(py, &port, mac, source, dst, dport, data, tsflags, nonblock, deadline_ns)
+    }
+
+    /// `oob_recvmsg(MSG_TIMESTAMP)`: TX records into `buffer`, `(bytes, truncated)`.
+    #[pyo3(signature = (buffer, nonblock=false, deadline_ns=None))]
+    fn collect_tx(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, nonblock: bool,
+                  deadline_ns: Option<u64>) -> PyResult<(usize, bool)> {
+        let target = PyBuffer::<u8>::get(buffer)?;
+        let room = target.len_bytes() / 24;
+        if room == 0 {
+            return Err(oserr(libc::EINVAL, "buffer holds less than one 24-byte record"));
+        }
+        loop {
+            let mut out = [0u8; 24 * TX_RING_SIZE];
+            let (n, trunc) = self.core.pop_tx_records(&mut out, room.min(TX_RING_SIZE));
+            if n > 0 {
+                copy_out(py, buffer, &out[..n * 24])?;
+                return Ok((n * 24, trunc));
+            }
+            if self.core.tsflags() & crate::socket::TS_TX == 0 {
+                return Err(oserr(libc::EINVAL, "TX timestamping is off (SO_TIMESTAMP_OOB)"));
+            }
+            let err = self.core.error();
+            if err == libc::EBADF {
+                return Err(oserr(err, "socket closed while collecting TX timestamps"));
+            }
+            if nonblock {
+                return Err(oserr(libc::EWOULDBLOCK, "no TX timestamp queued"));
+            }
+            let core = Arc::clone(&self.core);
+            if py.detach(move || core.wait_tx_records(deadline_ns)) == WaitEnd::TimedOut
+                && self.core.tx_records() == 0
+            {
+                return Err(oserr(libc::ETIMEDOUT, "no TX timestamp before the deadline"));
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// TX records waiting.
+    #[getter]
+    fn tx_records(&self) -> usize {
+        self.core.tx_records()
+    }
+
+    /// TX records lost to ring overflows since SO_TIMESTAMP_OOB was last set.
+    #[getter]
+    fn tx_records_dropped(&self) -> u64 {
+        self.core.tx_records_dropped()
+    }
+
+    /// Threads blocked in a receive or a TX record collection right now.
+    #[getter]
+    fn waiters(&self) -> usize {
+        self.core.waiters()
+    }
+}
+
+impl PySocket {
+    #[allow(clippy::too_many_arguments)]
+    fn send_via(&self, py: Python<'_>, port: &Arc<Port>, mac: [u8; 6], source: u32, dst: u32,
+                dport: u16, data: &Bound<'_, PyAny>, tsflags: u32, nonblock: bool,
+                deadline_ns: Option<u64>) -> PyResult<usize> {
+        port.check_sendable().map_err(|e| oserr(e, "send"))?;
+        let src = if self.local_addr == 0 || self.local_addr == u32::MAX { source } else { self.local_addr };
+        let delivery = if tsflags & crate::socket::TS_TX != 0 { monotonic_ns() } else { 0 };
+        let sock = Arc::clone(&self.core);
+        with_payload(data, |payload| {
+            let dgram = UdpDatagram {
+                dst_mac: mac,
+                src,
+                dst,
+                sport: self.local_port,
+                dport,
+                ttl: self.ttl,
+                tos: self.tos,
+                dont_fragment: self.dont_fragment,
+                payload,
+                tsflags,
+                delivery_time: delivery,
+            };
+            let mut get = || take_buffer(py, port, nonblock, deadline_ns);
+            let mut xmit = |item: TxItem| transmit(py, port, item);
+            tx::send_udp(port, Some(&sock), &dgram, &mut get, &mut xmit).map_err(|e| match e {
+                SendError::Errno(errno) => oserr(errno, "send"),
+                SendError::Buffer(err) => err,
+            })
+        })?
+    }
+}
+
+// -- the module --------------------------------------------------------------------------------
+
+/// The `evlnet._core` extension module.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<PyStack>()?;
+    m.add_class::<PyPort>()?;
+    m.add_class::<PySocket>()?;
+    m.add_class::<PyVirtualEnd>()?;
+    m.add_class::<PyVirtualVlan>()?;
+    m.add_class::<PyAfPacket>()?;
+    m.add_function(wrap_pyfunction!(virtual_link, m)?)?;
+    m.add_function(wrap_pyfunction!(monotonic_ns_py, m)?)?;
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in ns, as the core reads it.
+#[pyfunction(name = "monotonic_ns")]
+fn monotonic_ns_py() -> u64 {
+    monotonic_ns()
+}
