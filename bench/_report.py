@@ -6,7 +6,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 IMPLS = ("evlnet", "kernel", "raw", "scapy")
@@ -154,7 +154,8 @@ def build_rows(res: Results) -> tuple[list[list[str]], list[str]]:
                     f"<= {TARGET_RTT}x", measured=measured)
             else:
                 add(f"RTT {label}{suffix} (us)", part, vals, fmt_us, measured=measured)
-        def count_cell(i: str) -> str:
+        # bound now: called within this iteration only
+        def count_cell(i: str, data=data, measured=measured, part=part) -> str:
             if i in data:
                 return f"{data[i]['n']:,} ({data[i]['lost']})"
             if i not in measured:
@@ -348,7 +349,7 @@ def write_results(res: Results, outdir: Path, command: str) -> tuple[Path, Path 
         have_png = False
     m = machine_info()
     rows, notes = build_rows(res)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# evlnet benchmark results (issue #5)",
         "",

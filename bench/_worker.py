@@ -465,7 +465,7 @@ class RawServer(Role):
 def _import_scapy():
     import logging
     logging.getLogger("scapy").setLevel(logging.ERROR)
-    from scapy import all as scapy   # noqa: E402  (slow import: once per worker)
+    from scapy import all as scapy  # noqa: E402  (slow import: once per worker)
     scapy.conf.verb = 0
     return scapy
 

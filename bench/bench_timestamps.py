@@ -30,12 +30,24 @@ import statistics
 import sys
 import threading
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from evlnet import (AF_INET, EVL_NEIGH_PERMANENT, EVL_SOF_TIMESTAMPS, MSG_DONTWAIT,  # noqa: E402
-                    MSG_TIMESTAMP, SO_TIMESTAMP_OOB, SOCK_DGRAM, SOCK_OOB, SOL_SOCKET, IoTimes,
-                    Stack, VirtualLink)
+from evlnet import (  # noqa: E402
+    AF_INET,
+    EVL_NEIGH_PERMANENT,
+    EVL_SOF_TIMESTAMPS,
+    MSG_DONTWAIT,
+    MSG_TIMESTAMP,
+    SO_TIMESTAMP_OOB,
+    SOCK_DGRAM,
+    SOCK_OOB,
+    SOL_SOCKET,
+    IoTimes,
+    Stack,
+    VirtualLink,
+)
 
 A_IP, B_IP = "192.0.2.1", "192.0.2.2"
 A_PORT, B_PORT = 5000, 6000
@@ -150,14 +162,14 @@ class Bench:
         out: list[float] = []
         buf = bytearray(24)
         for _ in range(trials):
-            result = {}
+            result: dict[str, Any] = {}
 
-            def collector() -> None:
+            def collector(result: dict[str, Any]) -> None:
                 n, _, _, _ = self.sa.oob_recvmsg_into([buf], 0, COLLECT, timeout=5)
                 result["t"] = _now()
                 result["io"] = IoTimes.unpack(buf)
 
-            t = threading.Thread(target=collector)
+            t = threading.Thread(target=collector, args=(result,))
             t.start()
             while not self.sa._ts_waiters:        # let it block first
                 time.sleep(0.0002)

@@ -293,10 +293,9 @@ class Suite:
     # -- RTT ------------------------------------------------------------------------------
     def rtt_phase(self, phase: str, part: str) -> float:
         """Interleaved chunks of round trips; returns the phase's wall time."""
-        from hdrh.histogram import HdrHistogram
-
         from _harness import WorkerError
         from _worker import new_histogram
+        from hdrh.histogram import HdrHistogram
         p = self.p
         t_start = time.monotonic()
         active = {i: self.clients[i] for i in ("evlnet", "kernel", "raw")
@@ -337,9 +336,8 @@ class Suite:
         return time.monotonic() - t_start
 
     def scapy_rtt(self) -> None:
-        from hdrh.histogram import HdrHistogram
-
         from _harness import WorkerError
+        from hdrh.histogram import HdrHistogram
         if not (self.ok("client", "scapy") and self.ok("server", "raw")):
             if not self.ok("server", "raw"):
                 self.res.set_na(("rtt", "scapy"), "scapy RTT needs the raw AF_PACKET echo server: "
@@ -529,10 +527,9 @@ class Suite:
 # ------------------------------------------------------------------------------------------
 
 def run_virtual(p: Params, res: Results, workdir: str) -> None:
-    from hdrh.histogram import HdrHistogram
-
     from _harness import Worker, WorkerError
     from _worker import new_histogram
+    from hdrh.histogram import HdrHistogram
     cfg = {"role": "evlnet-virtual", "local_ip": "192.0.2.1", "peer_ip": "192.0.2.2",
            "client_port": CLIENT_PORT, "rtt_port": RTT_PORT, "size": p.size,
            "evlnet_opts": p.evlnet_opts}

@@ -3,12 +3,10 @@ import errno
 import socket as pysocket
 import threading
 
-import pytest
+from virtual_fixtures import A_IP, B_IP, make_pair, pair, raises_errno, stacks, wait_until  # noqa: F401
 
-from evlnet.sockets.base import SO_BUSY_POLL
 from evlnet import MSG_DONTWAIT, SOL_SOCKET
-from virtual_fixtures import (A_IP, B_IP, make_pair, pair, raises_errno, stacks,  # noqa: F401
-                              wait_until)
+from evlnet.sockets.base import SO_BUSY_POLL
 
 
 class _Release:

@@ -5,12 +5,35 @@ import errno
 import socket as pysocket
 
 import pytest
+from virtual_fixtures import (  # noqa: F401
+    A_IP,
+    B_IP,
+    G_IP,
+    NOBODY_IP,
+    extra,
+    ip2int,
+    make_pair,
+    pair,
+    raises_errno,
+    stacks,
+    unique,
+    wait_until,
+)
 
 import evlnet
-from evlnet import (AF_INET, AF_PACKET, ETH_P_ALL, EVL_NEIGH_MAYROUTE, EVL_NEIGH_PERMANENT,
-                    MSG_DONTWAIT, SOCK_DGRAM, SOCK_OOB, SOCK_RAW, SOL_SOCKET, VirtualLink)
-from virtual_fixtures import (A_IP, B_IP, G_IP, NOBODY_IP, extra, ip2int, make_pair,  # noqa: F401
-                              pair, raises_errno, stacks, unique, wait_until)
+from evlnet import (
+    AF_INET,
+    AF_PACKET,
+    ETH_P_ALL,
+    EVL_NEIGH_MAYROUTE,
+    EVL_NEIGH_PERMANENT,
+    MSG_DONTWAIT,
+    SOCK_DGRAM,
+    SOCK_OOB,
+    SOCK_RAW,
+    SOL_SOCKET,
+    VirtualLink,
+)
 
 SO_BINDTODEVICE = getattr(pysocket, "SO_BINDTODEVICE", 25)
 FAR_NET = "203.0.113.0/24"
@@ -158,6 +181,10 @@ def test_solicit_broadcast(pair, peer, dst):
     neigh = p.A.frontcache.neighbours.peek(ip2int(dst))
     assert neigh.mac == b"\xff" * 6
     sb = p.udp(p.B, ("0.0.0.0", 6000))
+    with raises_errno(errno.EACCES):                  # as Linux: broadcast needs SO_BROADCAST
+        sa.oob_sendmsg([b"to all"], address=(dst, 6000), flags=MSG_DONTWAIT)
+    sa.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_BROADCAST, 1)
+    assert sa.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_BROADCAST) == 1
     assert sa.oob_sendmsg([b"to all"], address=(dst, 6000), flags=MSG_DONTWAIT) == 6
     data, _, _, addr = sb.oob_recvmsg(100, timeout=5)
     assert data == b"to all" and addr[0] == A_IP

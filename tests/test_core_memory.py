@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import gc
 import socket as pysocket
-import threading
 import tracemalloc
 
 from scapy.layers.inet import IP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
+from virtual_fixtures import (  # noqa: F401
+    A_IP,
+    B_IP,
+    mac_str,
+    make_pair,
+    os_thread_names,
+    pair,
+    stack_threads,
+    stacks,
+    wait_until,
+)
 
 from evlnet import AF_PACKET, ETH_P_ALL, SOCK_OOB, SOCK_RAW
-from virtual_fixtures import (A_IP, B_IP, make_pair, mac_str, pair,  # noqa: F401
-                              os_thread_names, stack_threads, stacks, wait_until)
 
 #: What the heap may move by between the 2 000th and the 10 000th datagram without anything
 #: growing per packet (allocator noise, a dict or deque resizing once). A leak of a single small

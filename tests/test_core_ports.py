@@ -2,19 +2,38 @@
 from __future__ import annotations
 
 import errno
-import threading
 import socket as pysocket
 import struct
 import time
 
 import pytest
+from virtual_fixtures import (  # noqa: F401
+    A_IP,
+    B_IP,
+    Runner,
+    extra,
+    make_pair,
+    os_thread_names,
+    pair,
+    raises_errno,
+    stacks,
+    tx_gate,
+    unique,
+    wait_until,
+)
 
 import evlnet
-from evlnet import (AF_PACKET, DevStat, EVL_DEFAULT_POOLSZ, MSG_DONTWAIT, PAGE_SIZE, SOCK_OOB,
-                    SOCK_RAW, VirtualLink)
+from evlnet import (
+    AF_PACKET,
+    EVL_DEFAULT_POOLSZ,
+    MSG_DONTWAIT,
+    PAGE_SIZE,
+    SOCK_OOB,
+    SOCK_RAW,
+    DevStat,
+    VirtualLink,
+)
 from evlnet.constants import ETH_P_ALL
-from virtual_fixtures import (A_IP, B_IP, Runner, extra, make_pair, os_thread_names, pair, raises_errno,  # noqa: F401
-                              stacks, tx_gate, unique, wait_until)
 
 
 def _lone_stack(stacks, mtu=1500, up=True):

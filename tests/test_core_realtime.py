@@ -3,6 +3,8 @@ import gc
 import os
 import sys
 
+from virtual_fixtures import make_pair, pair, stacks  # noqa: F401
+
 from evlnet.core import realtime
 
 
@@ -27,3 +29,21 @@ def test_refused_levers_are_reported_not_raised():
     report = realtime.apply(cpu=10_000, freeze_gc=False)   # no such CPU
     assert report["affinity"].startswith("refused:")
     assert "gc" not in report
+
+
+def test_port_threads_take_affinity_and_report_refusals(pair):
+    from virtual_fixtures import os_thread_names  # noqa: F401  (fixtures module on the path)
+    cpu = min(os.sched_getaffinity(0))
+    report = pair.pa.set_realtime(cpus={cpu})
+    assert report == {"rx affinity": "ok", "tx affinity": "ok"}
+    tids = [t for t in os.listdir("/proc/self/task")
+            if open(f"/proc/self/task/{t}/comm").read().strip()
+            in (f"{pair.link.a.name}.rx", f"{pair.link.a.name}.tx")]
+    assert len(tids) == 2
+    assert all(os.sched_getaffinity(int(t)) == {cpu} for t in tids)
+    refused = pair.pa.set_realtime(cpus={100_000}, fifo_priority=1000)   # no such CPU/priority
+    assert set(refused) == {"rx affinity", "tx affinity", "rx sched_fifo", "tx sched_fifo"}
+    assert all(v.startswith("refused:") for v in refused.values())
+    sa, sb = pair.solicited_pair()                     # the port still works
+    sa.oob_sendmsg([b"after"], address=("192.0.2.2", 6000))
+    assert sb.oob_recvmsg(100, timeout=5)[0] == b"after"

@@ -7,12 +7,23 @@ import socket as pysocket
 import time
 
 import pytest
+from virtual_fixtures import A_IP, B_IP, Runner, extra, make_pair, pair, raises_errno, stacks  # noqa: F401
 
-from evlnet import (AF_INET, AF_PACKET, ETH_P_ALL, ETH_P_IP, MSG_DONTWAIT, MSG_TIMESTAMP,
-                    MSG_TRUNC, SO_TIMESTAMP_OOB, SOCK_DGRAM, SOCK_OOB, SOCK_RAW, SOL_SOCKET)
+from evlnet import (
+    AF_INET,
+    AF_PACKET,
+    ETH_P_ALL,
+    ETH_P_IP,
+    MSG_DONTWAIT,
+    MSG_TIMESTAMP,
+    MSG_TRUNC,
+    SO_TIMESTAMP_OOB,
+    SOCK_DGRAM,
+    SOCK_OOB,
+    SOCK_RAW,
+    SOL_SOCKET,
+)
 from evlnet.errors import ENOTSUPP
-from virtual_fixtures import (A_IP, B_IP, Runner, extra, make_pair, pair, raises_errno,  # noqa: F401
-                              stacks)
 
 SO_RCVBUF = pysocket.SO_RCVBUF
 SO_SNDBUF = pysocket.SO_SNDBUF
@@ -465,12 +476,14 @@ def test_unknown_options(stacks):
         u.oob_getsockopt(SOL_SOCKET, SO_KEEPALIVE)
     with raises_errno(errno.EINVAL):
         u.oob_setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
-    with raises_errno(errno.ENOPROTOOPT):
-        u.setsockopt(SOL_SOCKET, SO_KEEPALIVE, 1)
-    with raises_errno(errno.ENOPROTOOPT):
-        u.getsockopt(SOL_SOCKET, SO_KEEPALIVE)
+    # in-band, a standard option is accepted as a genuine socket accepts it (issue 8)...
+    u.setsockopt(SOL_SOCKET, SO_KEEPALIVE, 1)
+    assert u.getsockopt(SOL_SOCKET, SO_KEEPALIVE) == 1
+    # ...and one of another protocol is not (Linux: ENOPROTOOPT for TCP options on UDP)
     with raises_errno(errno.ENOPROTOOPT):
         u.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+    with raises_errno(errno.ENOPROTOOPT):
+        u.getsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY)
     # SO_TIMESTAMP_OOB is reachable both ways
     u.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, 3)
     assert u.oob_getsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB) == 3

@@ -2,8 +2,9 @@
 import io
 import re
 
-from evlnet.tools import demo
 from virtual_fixtures import os_thread_names
+
+from evlnet.tools import demo
 
 
 def test_demo_exchanges_and_prints_both_ports():

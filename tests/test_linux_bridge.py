@@ -27,8 +27,16 @@ from evlnet.constants import EVL_NEIGH_MAYROUTE, EVL_NEIGH_PERMANENT, MSG_DONTWA
 from evlnet.core.stack import Stack
 from evlnet.linux import diversion as dv
 from evlnet.linux import rtnl
-from evlnet.testing import (Namespace, in_netns, list_namespaces, netns, require_root, veth_pair,
-                            vlan, vlan_supported)
+from evlnet.testing import (
+    Namespace,
+    in_netns,
+    list_namespaces,
+    netns,
+    require_root,
+    veth_pair,
+    vlan,
+    vlan_supported,
+)
 
 pytestmark = pytest.mark.root
 
@@ -96,7 +104,7 @@ class KernelUdp:
         while not self._stop:
             try:
                 data, addr = self.sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

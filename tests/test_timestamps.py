@@ -16,12 +16,28 @@ import time
 
 import pytest
 
-from evlnet import (AF_INET, AF_PACKET, EVL_SOF_TIMESTAMP_DEVICE, EVL_SOF_TIMESTAMP_QUEUING,
-                    EVL_SOF_TIMESTAMP_RX, EVL_SOF_TIMESTAMP_TX, EVL_SOF_TIMESTAMPS,
-                    EVL_TX_TSRING_SIZE, MSG_DONTWAIT, MSG_TIMESTAMP, MSG_TRUNC, SO_TIMESTAMP_OOB,
-                    SOCK_DGRAM, SOCK_OOB, SOCK_RAW, SOL_SOCKET, IoTimes, Stack,
-                    VirtualLink)
-from evlnet import _core
+from evlnet import (
+    AF_INET,
+    AF_PACKET,
+    EVL_SOF_TIMESTAMP_DEVICE,
+    EVL_SOF_TIMESTAMP_QUEUING,
+    EVL_SOF_TIMESTAMP_RX,
+    EVL_SOF_TIMESTAMP_TX,
+    EVL_SOF_TIMESTAMPS,
+    EVL_TX_TSRING_SIZE,
+    MSG_DONTWAIT,
+    MSG_TIMESTAMP,
+    MSG_TRUNC,
+    SO_TIMESTAMP_OOB,
+    SOCK_DGRAM,
+    SOCK_OOB,
+    SOCK_RAW,
+    SOL_SOCKET,
+    IoTimes,
+    Stack,
+    VirtualLink,
+    _core,
+)
 from evlnet.core.timestamps import IOTIMES_SIZE
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether  # noqa: E402
@@ -13,9 +14,22 @@ from scapy.packet import Raw, raw  # noqa: E402
 from evlnet.wire import WireError  # noqa: E402
 from evlnet.wire.errors import REASONS  # noqa: E402
 from evlnet.wire.ethernet import (  # noqa: E402
-    BROADCAST_MAC, ETH_HEADER, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
-    ETH_P_IPV6, VLAN_HLEN, VLAN_TAG, ZERO_MAC, EthernetRepr, VlanTag, is_multicast_mac,
-    mac_from_str, mac_to_str,
+    BROADCAST_MAC,
+    ETH_HEADER,
+    ETH_HLEN,
+    ETH_P_8021AD,
+    ETH_P_8021Q,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    VLAN_HLEN,
+    VLAN_TAG,
+    ZERO_MAC,
+    EthernetRepr,
+    VlanTag,
+    is_multicast_mac,
+    mac_from_str,
+    mac_to_str,
 )
 
 SETTINGS = settings(max_examples=200, deadline=None)

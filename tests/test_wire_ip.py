@@ -6,7 +6,8 @@ import logging
 import socket
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.layers.inet import ICMP, IP, UDP, IPOption_RR  # noqa: E402
@@ -17,11 +18,26 @@ from evlnet.wire import WireError  # noqa: E402
 from evlnet.wire.arp import ARP_LEN, ARP_REPLY, ARP_REQUEST, ArpRepr  # noqa: E402
 from evlnet.wire.ethernet import ETH_P_IP, EthernetRepr, mac_to_str  # noqa: E402
 from evlnet.wire.icmp import (  # noqa: E402
-    ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IcmpEchoRepr,
+    ICMP_DEST_UNREACH,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    IcmpEchoRepr,
 )
 from evlnet.wire.ipv4 import (  # noqa: E402
-    INADDR_ANY, INADDR_BROADCAST, IP_DF, IP_MF, IPPROTO_ICMP, IPPROTO_UDP, IPV4_HEADER,
-    IPV4_MIN_HLEN, Ipv4Repr, bytes_to_int, int_to_ip, ip_to_bytes, ip_to_int, is_multicast,
+    INADDR_ANY,
+    INADDR_BROADCAST,
+    IP_DF,
+    IP_MF,
+    IPPROTO_ICMP,
+    IPPROTO_UDP,
+    IPV4_HEADER,
+    IPV4_MIN_HLEN,
+    Ipv4Repr,
+    bytes_to_int,
+    int_to_ip,
+    ip_to_bytes,
+    ip_to_int,
+    is_multicast,
     multicast_mac,
 )
 from evlnet.wire.udp import UDP_HLEN, UdpRepr  # noqa: E402

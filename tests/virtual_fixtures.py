@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import evlnet
-from evlnet import (AF_INET, SOCK_DGRAM, SOCK_OOB, Stack, VirtualInterface, VirtualLink)
+from evlnet import AF_INET, SOCK_DGRAM, SOCK_OOB, Stack, VirtualInterface, VirtualLink
 
 A_IP = "192.0.2.1"
 B_IP = "192.0.2.2"

@@ -41,12 +41,18 @@ impl EventFd {
 
     /// Block until readable or `timeout_ns` passes (None: forever). True when readable.
     pub fn wait(&self, timeout_ns: Option<u64>) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ts = timeout_ns.map(|ns| libc::timespec {
             tv_sec: (ns / 1_000_000_000) as libc::time_t,
             tv_nsec: (ns % 1_000_000_000) as libc::c_long,
         });
-        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: one valid pollfd and an optional valid timespec, both outliving the call.
         let n = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
         n > 0

@@ -33,7 +33,10 @@ pub struct Snapshot {
 /// What an oob sender gets for a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    Hit { route: Route, mac: [u8; 6] },
+    Hit {
+        route: Route,
+        mac: [u8; 6],
+    },
     /// Route known but its port is disabled.
     Down,
     /// Not cached: the in-band stage must resolve it.
@@ -50,13 +53,22 @@ impl FrontCache {
     /// Route, then neighbour of the next hop; lock-free.
     pub fn lookup(&self, dst: u32) -> Lookup {
         let snap = self.current.load();
-        let Some(route) = snap.routes.get(&dst) else { return Lookup::Miss };
+        let Some(route) = snap.routes.get(&dst) else {
+            return Lookup::Miss;
+        };
         if route.dead {
             return Lookup::Down;
         }
-        let hop = if route.gateway != 0 { route.gateway } else { dst };
+        let hop = if route.gateway != 0 {
+            route.gateway
+        } else {
+            dst
+        };
         match snap.neighbours.get(&hop) {
-            Some(mac) => Lookup::Hit { route: *route, mac: *mac },
+            Some(mac) => Lookup::Hit {
+                route: *route,
+                mac: *mac,
+            },
             None => Lookup::Miss,
         }
     }
@@ -81,7 +93,12 @@ mod tests {
         let fc = FrontCache::default();
         assert_eq!(fc.lookup(1), Lookup::Miss);
         let mut s = Snapshot::default();
-        let r = Route { port: 0, gateway: 9, source: 5, dead: false };
+        let r = Route {
+            port: 0,
+            gateway: 9,
+            source: 5,
+            dead: false,
+        };
         s.routes.insert(1, r);
         s.routes.insert(2, Route { dead: true, ..r });
         fc.publish(s);
@@ -91,6 +108,12 @@ mod tests {
         s.routes.insert(1, r);
         s.neighbours.insert(9, [1; 6]);
         fc.publish(s);
-        assert_eq!(fc.lookup(1), Lookup::Hit { route: r, mac: [1; 6] });
+        assert_eq!(
+            fc.lookup(1),
+            Lookup::Hit {
+                route: r,
+                mac: [1; 6]
+            }
+        );
     }
 }

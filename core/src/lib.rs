@@ -5,25 +5,25 @@
 //! `udp`/`icmp` → `qdisc`, `frontcache`, `socket` → `port` → `python` (the seam with the
 //! Python control plane; the only module that knows about Python).
 
-pub mod stats;
-pub mod timestamps;
-pub mod pool;
-pub mod eventfd;
-pub mod qdisc;
-pub mod frontcache;
-pub mod socket;
+pub mod arp;
 pub mod device;
 pub mod doorbell;
-pub mod wire;
 pub mod ethernet;
-pub mod arp;
-pub mod ipv4;
-pub mod reassembly;
-pub mod udp;
+pub mod eventfd;
+pub mod frontcache;
 pub mod icmp;
-pub mod stack;
+pub mod ipv4;
+pub mod pool;
 pub mod port;
-pub mod rx;
-pub mod tx;
 #[cfg(feature = "python")]
 mod python;
+pub mod qdisc;
+pub mod reassembly;
+pub mod rx;
+pub mod socket;
+pub mod stack;
+pub mod stats;
+pub mod timestamps;
+pub mod tx;
+pub mod udp;
+pub mod wire;

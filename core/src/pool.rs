@@ -129,7 +129,11 @@ impl Pool {
                 }
                 wait = wait.min(Duration::from_nanos(d - now));
             }
-            guard = self.cond.wait_timeout(guard, wait).unwrap_or_else(|e| e.into_inner()).0;
+            guard = self
+                .cond
+                .wait_timeout(guard, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         };
         drop(guard);
         self.waiters.fetch_sub(1, Ordering::SeqCst);

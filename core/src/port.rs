@@ -11,7 +11,7 @@
 //! processing themselves while the RX thread parks (Linux's prefer-busy-poll).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -100,7 +100,13 @@ pub struct Port {
     busy_poll_defer_ns: u64,
     tx_direct: bool,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Kernel thread ids of the RX and TX threads (for the real-time levers), 0 until started.
+    rx_tid: AtomicI32,
+    tx_tid: AtomicI32,
 }
+
+/// What a real-time lever did to one thread: `Ok(())` or the errno it was refused with.
+pub type LeverOutcome = Result<(), Errno>;
 
 impl Port {
     /// Build the port, attach the device and start its threads.
@@ -147,25 +153,32 @@ impl Port {
             busy_poll_defer_ns: cfg.busy_poll_defer_ns,
             tx_direct: cfg.tx_direct && qdisc_bypass,
             threads: Mutex::new(Vec::new()),
+            rx_tid: AtomicI32::new(0),
+            tx_tid: AtomicI32::new(0),
             device,
             stack,
         });
         port.device.attach(Arc::clone(&port.rx_pool))?;
         // The device reports carrier changes it notices itself (AF_PACKET socket errors).
         let weak = Arc::downgrade(&port);
-        port.device.set_link_listener(Some(Arc::new(move |state: Option<bool>| {
-            if let Some(p) = weak.upgrade() {
-                p.set_link(state == Some(true));
-            }
-        })));
+        port.device
+            .set_link_listener(Some(Arc::new(move |state: Option<bool>| {
+                if let Some(p) = weak.upgrade() {
+                    p.set_link(state == Some(true));
+                }
+            })));
         let rx = Arc::clone(&port);
         let tx = Arc::clone(&port);
         let mut threads = port.threads.lock().unwrap_or_else(|e| e.into_inner());
         threads.push(
-            std::thread::Builder::new().name(format!("{name}.rx")).spawn(move || rx.rx_loop())?,
+            std::thread::Builder::new()
+                .name(format!("{name}.rx"))
+                .spawn(move || rx.rx_loop())?,
         );
         threads.push(
-            std::thread::Builder::new().name(format!("{name}.tx")).spawn(move || tx.tx_loop())?,
+            std::thread::Builder::new()
+                .name(format!("{name}.tx"))
+                .spawn(move || tx.tx_loop())?,
         );
         drop(threads);
         Ok(port)
@@ -260,6 +273,7 @@ impl Port {
     }
 
     fn tx_loop(self: Arc<Self>) {
+        self.tx_tid.store(gettid(), Release);
         loop {
             if !self.qdisc.is_empty() {
                 // The device first, then the frames: while a sender holds the device, frames
@@ -281,6 +295,7 @@ impl Port {
     // -- RX -------------------------------------------------------------------------------------
 
     fn rx_loop(self: Arc<Self>) {
+        self.rx_tid.store(gettid(), Release);
         let mut next_tick = monotonic_ns() + RX_TICK_NS;
         while self.running.load(Acquire) {
             let now = monotonic_ns();
@@ -293,7 +308,8 @@ impl Port {
             let parked = self.busy_pollers.load(Acquire) > 0
                 || now.saturating_sub(self.last_poll_exit.load(Acquire)) < self.busy_poll_defer_ns;
             if parked {
-                self.rx_park.wait(Some(self.busy_poll_defer_ns.max(1_000_000)));
+                self.rx_park
+                    .wait(Some(self.busy_poll_defer_ns.max(1_000_000)));
             } else {
                 let guard = self.rx_lock.lock().unwrap_or_else(|e| e.into_inner());
                 let res = self.device.receive(RX_BATCH, Some(RX_TICK_NS), &mut |buf| {
@@ -318,8 +334,12 @@ impl Port {
         let expired = r.expire(now);
         if expired > 0 {
             // a timed-out datagram is dropped as a whole (RX ledger in `stats`)
-            self.counters.rx_reasm_timeouts.fetch_add(expired as u64, Relaxed);
-            self.counters.rx_reasm_fails.fetch_add(expired as u64, Relaxed);
+            self.counters
+                .rx_reasm_timeouts
+                .fetch_add(expired as u64, Relaxed);
+            self.counters
+                .rx_reasm_fails
+                .fetch_add(expired as u64, Relaxed);
         }
     }
 
@@ -329,7 +349,9 @@ impl Port {
         if !self.running.load(Acquire) || !self.device.ready() {
             return 0;
         }
-        let Ok(_guard) = self.rx_lock.try_lock() else { return 0 };
+        let Ok(_guard) = self.rx_lock.try_lock() else {
+            return 0;
+        };
         self.device
             .receive(RX_BATCH, Some(0), &mut |buf| crate::rx::process(self, buf))
             .unwrap_or(0)
@@ -379,7 +401,12 @@ impl Port {
     /// Hand a frame up to the in-band stage (custom protocols, ARP learning).
     /// Counts `rx_inband` when queued, `rx_inband_drops` when the queue is full (one fate).
     pub fn post_inband(&self, buf: PacketBuf, kind: InbandKind, offset: usize) {
-        let ev = InbandEvent { port: self.id, kind, offset, buf: Some(buf) };
+        let ev = InbandEvent {
+            port: self.id,
+            kind,
+            offset,
+            buf: Some(buf),
+        };
         if self.stack.post_inband(ev) {
             PortCounters::bump(&self.counters.rx_inband);
         } else {
@@ -434,10 +461,86 @@ impl Port {
             .any(|t| !t.is_finished())
     }
 
+    /// Real-time levers for the port's RX and TX threads: pin them to `cpus` (when given) and
+    /// run them under SCHED_FIFO at `fifo_priority` (when given). Returns, per thread and lever,
+    /// what happened; a refused lever (EPERM, EINVAL) is reported, never fatal.
+    pub fn set_realtime(
+        &self,
+        cpus: Option<&[usize]>,
+        fifo_priority: Option<i32>,
+    ) -> Vec<(&'static str, &'static str, LeverOutcome)> {
+        let deadline = monotonic_ns() + 1_000_000_000;
+        while (self.rx_tid.load(Acquire) == 0 || self.tx_tid.load(Acquire) == 0)
+            && monotonic_ns() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut out = Vec::new();
+        for (thread, tid) in [("rx", &self.rx_tid), ("tx", &self.tx_tid)] {
+            let tid = tid.load(Acquire);
+            if let Some(cpus) = cpus {
+                out.push((thread, "affinity", set_affinity(tid, cpus)));
+            }
+            if let Some(prio) = fifo_priority {
+                out.push((thread, "sched_fifo", set_fifo(tid, prio)));
+            }
+        }
+        out
+    }
+
     /// Counters by name, the device's included.
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
         let mut out = self.counters.snapshot();
         out.extend(self.device.counters().snapshot());
         out
     }
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+fn last_errno() -> Errno {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// sched_setaffinity for one thread.
+fn set_affinity(tid: i32, cpus: &[usize]) -> LeverOutcome {
+    if tid == 0 || cpus.is_empty() {
+        return Err(libc::ESRCH);
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it (CPU_SET ignores
+    // indexes beyond CPU_SETSIZE), and sched_setaffinity reads size_of::<cpu_set_t>() bytes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        for &cpu in cpus {
+            if cpu >= libc::CPU_SETSIZE as usize {
+                return Err(libc::EINVAL);
+            }
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(last_errno());
+        }
+    }
+    Ok(())
+}
+
+/// SCHED_FIFO at `priority` for one thread.
+fn set_fifo(tid: i32, priority: i32) -> LeverOutcome {
+    if tid == 0 {
+        return Err(libc::ESRCH);
+    }
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: a valid sched_param that outlives the call; tid is a thread of this process.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(last_errno());
+    }
+    Ok(())
 }

@@ -36,7 +36,8 @@ fn ioerr(e: std::io::Error, what: &str) -> PyErr {
 }
 
 fn mac_of(b: &[u8]) -> PyResult<[u8; 6]> {
-    b.try_into().map_err(|_| oserr(libc::EINVAL, "a MAC address has 6 bytes"))
+    b.try_into()
+        .map_err(|_| oserr(libc::EINVAL, "a MAC address has 6 bytes"))
 }
 
 /// Copy `src` into a writable Python buffer (bytearray, memoryview, array...); returns the
@@ -44,7 +45,10 @@ fn mac_of(b: &[u8]) -> PyResult<[u8; 6]> {
 fn copy_out(py: Python<'_>, target: &Bound<'_, PyAny>, src: &[u8]) -> PyResult<usize> {
     let buf = PyBuffer::<u8>::get(target)?;
     if buf.readonly() || !buf.is_c_contiguous() {
-        return Err(oserr(libc::EINVAL, "receive buffer must be writable and contiguous"));
+        return Err(oserr(
+            libc::EINVAL,
+            "receive buffer must be writable and contiguous",
+        ));
     }
     let n = src.len().min(buf.len_bytes());
     // SAFETY: `buf` holds an exported, writable, C-contiguous buffer of `len_bytes()` bytes that
@@ -77,25 +81,43 @@ pub struct PyStack {
 impl PyStack {
     #[new]
     fn new(name: &str) -> PyResult<Self> {
-        Ok(PyStack { core: StackCore::new(name).map_err(|e| ioerr(e, "stack"))? })
+        Ok(PyStack {
+            core: StackCore::new(name).map_err(|e| ioerr(e, "stack"))?,
+        })
     }
 
     /// Stack-wide switches.
-    fn configure(&self, icmp_echo_ignore_all: bool, icmp_echo_ignore_broadcasts: bool,
-                 accept_multicast: bool) {
+    fn configure(
+        &self,
+        icmp_echo_ignore_all: bool,
+        icmp_echo_ignore_broadcasts: bool,
+        accept_multicast: bool,
+    ) {
         let s = &self.core.settings;
         s.icmp_echo_ignore_all.store(icmp_echo_ignore_all, Relaxed);
-        s.icmp_echo_ignore_broadcasts.store(icmp_echo_ignore_broadcasts, Relaxed);
+        s.icmp_echo_ignore_broadcasts
+            .store(icmp_echo_ignore_broadcasts, Relaxed);
         s.accept_multicast.store(accept_multicast, Relaxed);
     }
 
     /// Publish a new front cache: routes `(dst, port_id, gateway, source, dead)`, neighbours
     /// `(address, mac)`.
-    fn publish_frontcache(&self, routes: Vec<(u32, usize, u32, u32, bool)>,
-                          neighbours: Vec<(u32, Vec<u8>)>) -> PyResult<()> {
+    fn publish_frontcache(
+        &self,
+        routes: Vec<(u32, usize, u32, u32, bool)>,
+        neighbours: Vec<(u32, Vec<u8>)>,
+    ) -> PyResult<()> {
         let mut snap = Snapshot::default();
         for (dst, port, gateway, source, dead) in routes {
-            snap.routes.insert(dst, Route { port, gateway, source, dead });
+            snap.routes.insert(
+                dst,
+                Route {
+                    port,
+                    gateway,
+                    source,
+                    dead,
+                },
+            );
         }
         for (ip, mac) in neighbours {
             snap.neighbours.insert(ip, mac_of(&mac)?);
@@ -118,7 +140,10 @@ impl PyStack {
 
     /// A packet socket listens for `ethertype` (host order; 3 = ETH_P_ALL) on `ifindex` (0: any).
     fn listen_packet(&self, ethertype: u16, ifindex: u32, sock: PyRef<'_, PySocket>) {
-        let l = PacketListener { sock: Arc::clone(&sock.core), ifindex };
+        let l = PacketListener {
+            sock: Arc::clone(&sock.core),
+            ifindex,
+        };
         self.core.update_demux(|d| {
             if ethertype == 3 {
                 d.packet_taps.push(l);
@@ -269,7 +294,10 @@ impl PyVirtualEnd {
     }
     /// A VLAN device on this end.
     fn add_vlan(&self, vid: u16, name: &str) -> PyResult<PyVirtualVlan> {
-        let vlan = self.end.add_vlan(vid, Some(name)).map_err(|e| ioerr(e, "add VLAN"))?;
+        let vlan = self
+            .end
+            .add_vlan(vid, Some(name))
+            .map_err(|e| ioerr(e, "add VLAN"))?;
         Ok(PyVirtualVlan { vlan })
     }
     /// Put a frame on the wire from Python (tests, tools).
@@ -285,7 +313,11 @@ impl PyVirtualEnd {
         self.end.set_tap(enabled, passthrough);
     }
     fn take_tapped<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
-        self.end.take_tapped().iter().map(|f| PyBytes::new(py, f)).collect()
+        self.end
+            .take_tapped()
+            .iter()
+            .map(|f| PyBytes::new(py, f))
+            .collect()
     }
     /// Wait up to `timeout` seconds for a recorded frame (GIL released).
     fn wait_tapped(&self, py: Python<'_>, timeout: f64) -> bool {
@@ -358,7 +390,10 @@ impl PyAfPacket {
     #[new]
     fn new(ifname: &str, rx_frames: usize) -> PyResult<Self> {
         let dev = AfPacket::open(ifname, rx_frames).map_err(|e| ioerr(e, ifname))?;
-        Ok(PyAfPacket { dev: Arc::new(dev), test_pool: std::sync::Mutex::new(None) })
+        Ok(PyAfPacket {
+            dev: Arc::new(dev),
+            test_pool: std::sync::Mutex::new(None),
+        })
     }
     #[getter]
     fn ifindex(&self) -> u32 {
@@ -388,27 +423,43 @@ impl PyAfPacket {
     /// itself when it is enabled on the device).
     fn attach(&self, count: usize, size: usize) -> PyResult<()> {
         let pool = crate::pool::Pool::new("driver test", count, size);
-        self.dev.attach(Arc::clone(&pool)).map_err(|e| ioerr(e, "attach"))?;
+        self.dev
+            .attach(Arc::clone(&pool))
+            .map_err(|e| ioerr(e, "attach"))?;
         *self.test_pool.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
         Ok(())
     }
     fn detach(&self) {
         self.dev.detach();
-        self.test_pool.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.test_pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
     /// Driver tests: up to `limit` frames as `(frame, device_time)`, waiting up to `timeout`
     /// seconds (None: until one arrives or `wake()`) with the GIL released.
     #[pyo3(signature = (limit, timeout=None))]
-    fn receive<'py>(&self, py: Python<'py>, limit: usize, timeout: Option<f64>)
-        -> PyResult<Vec<(Bound<'py, PyBytes>, u64)>> {
+    fn receive<'py>(
+        &self,
+        py: Python<'py>,
+        limit: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, u64)>> {
         let dev = Arc::clone(&self.dev);
         let ns = timeout.map(|t| (t.max(0.0) * 1e9) as u64);
-        let got = py.detach(move || {
-            let mut out = Vec::new();
-            dev.receive(limit, ns, &mut |b| out.push((b.payload().to_vec(), b.times.device)))
+        let got = py
+            .detach(move || {
+                let mut out = Vec::new();
+                dev.receive(limit, ns, &mut |b| {
+                    out.push((b.payload().to_vec(), b.times.device))
+                })
                 .map(|_| out)
-        }).map_err(|e| ioerr(e, "receive"))?;
-        Ok(got.into_iter().map(|(f, t)| (PyBytes::new(py, &f), t)).collect())
+            })
+            .map_err(|e| ioerr(e, "receive"))?;
+        Ok(got
+            .into_iter()
+            .map(|(f, t)| (PyBytes::new(py, &f), t))
+            .collect())
     }
     /// Whether a frame is waiting in the ring (one memory read).
     fn ready(&self) -> bool {
@@ -419,7 +470,11 @@ impl PyAfPacket {
     }
     /// Driver tests: free buffers of the attached pool.
     fn pool_free(&self) -> usize {
-        self.test_pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |p| p.free())
+        self.test_pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |p| p.free())
     }
     fn fileno(&self) -> i32 {
         self.dev.fd()
@@ -435,14 +490,20 @@ impl PyAfPacket {
     }
     /// Attach a classic BPF socket filter (`(code, jt, jf, k)` tuples).
     fn set_filter(&self, prog: Vec<(u16, u8, u8, u32)>) -> PyResult<()> {
-        self.dev.set_filter(&prog).map_err(|e| ioerr(e, "the kernel rejected the BPF program"))
+        self.dev
+            .set_filter(&prog)
+            .map_err(|e| ioerr(e, "the kernel rejected the BPF program"))
     }
     fn clear_filter(&self) -> PyResult<()> {
-        self.dev.clear_filter().map_err(|e| ioerr(e, "detach filter"))
+        self.dev
+            .clear_filter()
+            .map_err(|e| ioerr(e, "detach filter"))
     }
     /// `(tp_packets, tp_drops, tp_freeze_q_cnt)` since the last read.
     fn read_kernel_stats(&self) -> PyResult<(u64, u64, u64)> {
-        self.dev.read_kernel_stats().map_err(|e| ioerr(e, "PACKET_STATISTICS"))
+        self.dev
+            .read_kernel_stats()
+            .map_err(|e| ioerr(e, "PACKET_STATISTICS"))
     }
     fn transmit(&self, frame: &[u8]) -> PyResult<()> {
         self.dev.transmit(frame).map_err(|e| ioerr(e, "transmit"))
@@ -467,10 +528,21 @@ impl PyPort {
                         reasm_poolsz=16, ipfrag_max_datagrams=64, ipfrag_time=30.0,
                         busy_poll_defer_us=2000, tx_direct=true))]
     #[allow(clippy::too_many_arguments)]
-    fn new(stack: PyRef<'_, PyStack>, id: usize, name: &str, device: &Bound<'_, PyAny>,
-           poolsz: usize, bufsz: usize, rx_poolsz: usize, qdisc: &str, reasm_poolsz: usize,
-           ipfrag_max_datagrams: usize, ipfrag_time: f64, busy_poll_defer_us: u64,
-           tx_direct: bool) -> PyResult<Self> {
+    fn new(
+        stack: PyRef<'_, PyStack>,
+        id: usize,
+        name: &str,
+        device: &Bound<'_, PyAny>,
+        poolsz: usize,
+        bufsz: usize,
+        rx_poolsz: usize,
+        qdisc: &str,
+        reasm_poolsz: usize,
+        ipfrag_max_datagrams: usize,
+        ipfrag_time: f64,
+        busy_poll_defer_us: u64,
+        tx_direct: bool,
+    ) -> PyResult<Self> {
         let cfg = PortConfig {
             poolsz,
             bufsz,
@@ -496,7 +568,9 @@ impl PyPort {
 
     /// The interface's addresses: unicast ones, and every destination we accept.
     fn set_addresses(&self, unicast: Vec<u32>, local: Vec<u32>) {
-        self.port.addrs.store(Arc::new(crate::port::Addresses { unicast, local }));
+        self.port
+            .addrs
+            .store(Arc::new(crate::port::Addresses { unicast, local }));
     }
 
     fn set_link(&self, up: bool) {
@@ -533,7 +607,13 @@ impl PyPort {
     /// `(tx_size, tx_total, tx_free, rx_total, rx_free)`.
     fn pools(&self) -> (usize, usize, usize, usize, usize) {
         let p = &self.port;
-        (p.tx_pool.size(), p.tx_pool.total(), p.tx_pool.free(), p.rx_pool.total(), p.rx_pool.free())
+        (
+            p.tx_pool.size(),
+            p.tx_pool.total(),
+            p.tx_pool.free(),
+            p.rx_pool.total(),
+            p.rx_pool.free(),
+        )
     }
 
     /// Datagrams in reassembly and the reassembly pool's `(total, free)`.
@@ -546,15 +626,26 @@ impl PyPort {
     /// protocols). Raises ENETDOWN, EWOULDBLOCK (pool empty), EMSGSIZE.
     #[pyo3(signature = (frame, sock=None, tsflags=0, delivery_time=0, nonblock=true,
                         deadline_ns=None))]
-    fn transmit(&self, py: Python<'_>, frame: &Bound<'_, PyAny>, sock: Option<PyRef<'_, PySocket>>,
-                tsflags: u32, delivery_time: u64, nonblock: bool, deadline_ns: Option<u64>)
-        -> PyResult<usize> {
+    #[allow(clippy::too_many_arguments)]
+    fn transmit(
+        &self,
+        py: Python<'_>,
+        frame: &Bound<'_, PyAny>,
+        sock: Option<PyRef<'_, PySocket>>,
+        tsflags: u32,
+        delivery_time: u64,
+        nonblock: bool,
+        deadline_ns: Option<u64>,
+    ) -> PyResult<usize> {
         let port = &self.port;
         port.check_sendable().map_err(|e| oserr(e, "transmit"))?;
         let mut buf = take_buffer(py, port, nonblock, deadline_ns)?;
         let n = with_payload(frame, |bytes| {
             if !buf.fill(bytes) {
-                return Err(oserr(libc::EMSGSIZE, "frame larger than the port's buffers"));
+                return Err(oserr(
+                    libc::EMSGSIZE,
+                    "frame larger than the port's buffers",
+                ));
             }
             Ok(bytes.len())
         })??;
@@ -564,9 +655,29 @@ impl PyPort {
             buf.end = 60;
         }
         buf.times.delivery = delivery_time;
-        let item = TxItem { buf, sock: sock.map(|s| Arc::clone(&s.core)), tsflags };
+        let item = TxItem {
+            buf,
+            sock: sock.map(|s| Arc::clone(&s.core)),
+            tsflags,
+        };
         transmit(py, port, item).map_err(|e| oserr(e, "transmit"))?;
         Ok(n)
+    }
+
+    /// Real-time levers for the port's RX and TX threads: CPU affinity and SCHED_FIFO.
+    /// Returns `[(thread, lever, errno)]` with errno 0 where the lever was applied; refused ones
+    /// are reported, not raised.
+    #[pyo3(signature = (cpus=None, fifo_priority=None))]
+    fn set_realtime(
+        &self,
+        cpus: Option<Vec<usize>>,
+        fifo_priority: Option<i32>,
+    ) -> Vec<(&'static str, &'static str, i32)> {
+        self.port
+            .set_realtime(cpus.as_deref(), fifo_priority)
+            .into_iter()
+            .map(|(t, l, r)| (t, l, r.err().unwrap_or(0)))
+            .collect()
     }
 
     /// Test hook: park the port's RX thread (only busy pollers consume) or release it;
@@ -608,8 +719,12 @@ fn transmit(py: Python<'_>, port: &Arc<Port>, item: TxItem) -> Result<(), Errno>
 }
 
 /// A TX buffer: at once with the GIL held, or waiting for one with the GIL released.
-fn take_buffer(py: Python<'_>, port: &Arc<Port>, nonblock: bool, deadline_ns: Option<u64>)
-    -> PyResult<PacketBuf> {
+fn take_buffer(
+    py: Python<'_>,
+    port: &Arc<Port>,
+    nonblock: bool,
+    deadline_ns: Option<u64>,
+) -> PyResult<PacketBuf> {
     if let Some(b) = port.take_tx_now() {
         return Ok(b);
     }
@@ -617,10 +732,11 @@ fn take_buffer(py: Python<'_>, port: &Arc<Port>, nonblock: bool, deadline_ns: Op
         return Err(oserr(libc::EWOULDBLOCK, "TX pool is empty"));
     }
     let pool = Arc::clone(&port.tx_pool);
-    py.detach(move || pool.take_wait(deadline_ns)).map_err(|e| match e {
-        crate::pool::TakeError::TimedOut => oserr(libc::ETIMEDOUT, "no free TX buffer"),
-        crate::pool::TakeError::Closed => oserr(libc::ENETDOWN, "port was disabled"),
-    })
+    py.detach(move || pool.take_wait(deadline_ns))
+        .map_err(|e| match e {
+            crate::pool::TakeError::TimedOut => oserr(libc::ETIMEDOUT, "no free TX buffer"),
+            crate::pool::TakeError::Closed => oserr(libc::ENETDOWN, "port was disabled"),
+        })
 }
 
 // -- sockets -----------------------------------------------------------------------------------
@@ -659,12 +775,27 @@ type InbandTuple<'py> = (
     u64,
     u64,
 );
-type FrameResult<'py> = (usize, usize, usize, u16, u8, Bound<'py, PyBytes>, u64, u64, u64);
+type FrameResult<'py> = (
+    usize,
+    usize,
+    usize,
+    u16,
+    u8,
+    Bound<'py, PyBytes>,
+    u64,
+    u64,
+    u64,
+);
 
 impl PySocket {
     /// Pop a datagram: at once with the GIL held when one is there, else wait with it released.
-    fn pop_or_wait(&self, py: Python<'_>, nonblock: bool, deadline_ns: Option<u64>,
-                   busy_poll_us: u64) -> PyResult<PacketBuf> {
+    fn pop_or_wait(
+        &self,
+        py: Python<'_>,
+        nonblock: bool,
+        deadline_ns: Option<u64>,
+        busy_poll_us: u64,
+    ) -> PyResult<PacketBuf> {
         loop {
             if let Some(b) = self.core.pop() {
                 return Ok(b);
@@ -682,7 +813,11 @@ impl PySocket {
                 }
             }
             let core = Arc::clone(&self.core);
-            let ports = if busy_poll_us > 0 { self.stack.ports() } else { Vec::new() };
+            let ports = if busy_poll_us > 0 {
+                self.stack.ports()
+            } else {
+                Vec::new()
+            };
             let end = py.detach(move || {
                 if !ports.is_empty() {
                     // Busy poll (SO_BUSY_POLL): this thread runs the ports' RX processing and
@@ -793,40 +928,82 @@ impl PySocket {
     /// Receive one datagram into `buffer`: `(copied, length, src_addr, src_port, device_time,
     /// queuing_time, delivery_time)`.
     #[pyo3(signature = (buffer, nonblock=false, deadline_ns=None, busy_poll_us=0))]
-    fn recv_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, nonblock: bool,
-                 deadline_ns: Option<u64>, busy_poll_us: u64) -> PyResult<RecvResult> {
+    fn recv_into(
+        &self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        nonblock: bool,
+        deadline_ns: Option<u64>,
+        busy_poll_us: u64,
+    ) -> PyResult<RecvResult> {
         let b = self.pop_or_wait(py, nonblock, deadline_ns, busy_poll_us)?;
         let n = copy_out(py, buffer, b.payload())?;
         let m = b.meta;
-        Ok((n, b.len(), m.src_addr, m.src_port, b.times.device, b.times.queuing, b.times.delivery))
+        Ok((
+            n,
+            b.len(),
+            m.src_addr,
+            m.src_port,
+            b.times.device,
+            b.times.queuing,
+            b.times.delivery,
+        ))
     }
 
     /// Receive one frame (packet sockets): `(copied, length, port_id, protocol, pkttype,
     /// src_mac, device_time, queuing_time, delivery_time)`.
     #[pyo3(signature = (buffer, nonblock=false, deadline_ns=None, busy_poll_us=0))]
-    fn recv_frame_into<'py>(&self, py: Python<'py>, buffer: &Bound<'_, PyAny>, nonblock: bool,
-                            deadline_ns: Option<u64>, busy_poll_us: u64)
-        -> PyResult<FrameResult<'py>> {
+    fn recv_frame_into<'py>(
+        &self,
+        py: Python<'py>,
+        buffer: &Bound<'_, PyAny>,
+        nonblock: bool,
+        deadline_ns: Option<u64>,
+        busy_poll_us: u64,
+    ) -> PyResult<FrameResult<'py>> {
         let b = self.pop_or_wait(py, nonblock, deadline_ns, busy_poll_us)?;
         let n = copy_out(py, buffer, b.payload())?;
         let m = b.meta;
-        Ok((n, b.len(), m.port_id as usize, m.protocol, m.pkttype,
-            PyBytes::new(py, &m.src_mac), b.times.device, b.times.queuing, b.times.delivery))
+        Ok((
+            n,
+            b.len(),
+            m.port_id as usize,
+            m.protocol,
+            m.pkttype,
+            PyBytes::new(py, &m.src_mac),
+            b.times.device,
+            b.times.queuing,
+            b.times.delivery,
+        ))
     }
 
     /// Queue data delivered by an in-band protocol handler (custom protocols); false when over
     /// SO_RCVBUF or no buffer is free (both counted on the port).
     #[pyo3(signature = (stack, port_id, data, src_addr=0, src_port=0, src_mac=None, protocol=0))]
     #[allow(clippy::too_many_arguments)]
-    fn deliver(&self, stack: PyRef<'_, PyStack>, port_id: usize, data: &[u8], src_addr: u32,
-               src_port: u16, src_mac: Option<&[u8]>, protocol: u16) -> PyResult<bool> {
-        let port = stack.core.port(port_id).ok_or_else(|| oserr(libc::ENETDOWN, "no such port"))?;
+    fn deliver(
+        &self,
+        stack: PyRef<'_, PyStack>,
+        port_id: usize,
+        data: &[u8],
+        src_addr: u32,
+        src_port: u16,
+        src_mac: Option<&[u8]>,
+        protocol: u16,
+    ) -> PyResult<bool> {
+        let port = stack
+            .core
+            .port(port_id)
+            .ok_or_else(|| oserr(libc::ENETDOWN, "no such port"))?;
         let Some(mut b) = port.rx_pool.take() else {
             port.counters.rx_nomem.fetch_add(1, Relaxed);
             return Ok(false);
         };
         if !b.fill(data) {
-            return Err(oserr(libc::EMSGSIZE, "datagram larger than the port's buffers"));
+            return Err(oserr(
+                libc::EMSGSIZE,
+                "datagram larger than the port's buffers",
+            ));
         }
         b.meta.src_addr = src_addr;
         b.meta.src_port = src_port;
@@ -846,8 +1023,16 @@ impl PySocket {
     /// or -1 on a front-cache miss (the caller demotes the datagram to the in-band stage).
     #[pyo3(signature = (dst, dport, data, tsflags=0, nonblock=false, deadline_ns=None))]
     #[allow(clippy::too_many_arguments)]
-    fn sendto(&self, py: Python<'_>, dst: u32, dport: u16, data: &Bound<'_, PyAny>, tsflags: u32,
-              nonblock: bool, deadline_ns: Option<u64>) -> PyResult<isize> {
+    fn sendto(
+        &self,
+        py: Python<'_>,
+        dst: u32,
+        dport: u16,
+        data: &Bound<'_, PyAny>,
+        tsflags: u32,
+        nonblock: bool,
+        deadline_ns: Option<u64>,
+    ) -> PyResult<isize> {
         let (route, mac) = match self.stack.frontcache.lookup(dst) {
             Lookup::Hit { route, mac } => (route, mac),
             Lookup::Down => return Err(oserr(libc::ENETDOWN, "the route's port is disabled")),
@@ -858,31 +1043,74 @@ impl PySocket {
                 return Ok(-1);
             }
         }
-        let port = self.stack.port(route.port).ok_or_else(|| oserr(libc::ENETDOWN, "port gone"))?;
-        self.send_via(py, &port, mac, route.source, dst, dport, data, tsflags, nonblock, deadline_ns)
-            .map(|n| n as isize)
+        let port = self
+            .stack
+            .port(route.port)
+            .ok_or_else(|| oserr(libc::ENETDOWN, "port gone"))?;
+        self.send_via(
+            py,
+            &port,
+            mac,
+            route.source,
+            dst,
+            dport,
+            data,
+            tsflags,
+            nonblock,
+            deadline_ns,
+        )
+        .map(|n| n as isize)
     }
 
     /// Send a UDP datagram once route and neighbour are known (demoted sends, resolved in-band).
     #[pyo3(signature = (port, dst_mac, source, dst, dport, data, tsflags=0, nonblock=false,
                         deadline_ns=None))]
     #[allow(clippy::too_many_arguments)]
-    fn send_resolved(&self, py: Python<'_>, port: PyRef<'_, PyPort>, dst_mac: &[u8], source: u32,
-                     dst: u32, dport: u16, data: &Bound<'_, PyAny>, tsflags: u32, nonblock: bool,
-                     deadline_ns: Option<u64>) -> PyResult<usize> {
+    fn send_resolved(
+        &self,
+        py: Python<'_>,
+        port: PyRef<'_, PyPort>,
+        dst_mac: &[u8],
+        source: u32,
+        dst: u32,
+        dport: u16,
+        data: &Bound<'_, PyAny>,
+        tsflags: u32,
+        nonblock: bool,
+        deadline_ns: Option<u64>,
+    ) -> PyResult<usize> {
         let mac = mac_of(dst_mac)?;
         let port = Arc::clone(&port.port);
-        self.send_via(py, &port, mac, source, dst, dport, data, tsflags, nonblock, deadline_ns)
+        self.send_via(
+            py,
+            &port,
+            mac,
+            source,
+            dst,
+            dport,
+            data,
+            tsflags,
+            nonblock,
+            deadline_ns,
+        )
     }
 
     /// `oob_recvmsg(MSG_TIMESTAMP)`: TX records into `buffer`, `(bytes, truncated)`.
     #[pyo3(signature = (buffer, nonblock=false, deadline_ns=None))]
-    fn collect_tx(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, nonblock: bool,
-                  deadline_ns: Option<u64>) -> PyResult<(usize, bool)> {
+    fn collect_tx(
+        &self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        nonblock: bool,
+        deadline_ns: Option<u64>,
+    ) -> PyResult<(usize, bool)> {
         let target = PyBuffer::<u8>::get(buffer)?;
         let room = target.len_bytes() / 24;
         if room == 0 {
-            return Err(oserr(libc::EINVAL, "buffer holds less than one 24-byte record"));
+            return Err(oserr(
+                libc::EINVAL,
+                "buffer holds less than one 24-byte record",
+            ));
         }
         loop {
             let mut out = [0u8; 24 * TX_RING_SIZE];
@@ -892,7 +1120,10 @@ impl PySocket {
                 return Ok((n * 24, trunc));
             }
             if self.core.tsflags() & crate::socket::TS_TX == 0 {
-                return Err(oserr(libc::EINVAL, "TX timestamping is off (SO_TIMESTAMP_OOB)"));
+                return Err(oserr(
+                    libc::EINVAL,
+                    "TX timestamping is off (SO_TIMESTAMP_OOB)",
+                ));
             }
             let err = self.core.error();
             if err == libc::EBADF {
@@ -905,7 +1136,10 @@ impl PySocket {
             if py.detach(move || core.wait_tx_records(deadline_ns)) == WaitEnd::TimedOut
                 && self.core.tx_records() == 0
             {
-                return Err(oserr(libc::ETIMEDOUT, "no TX timestamp before the deadline"));
+                return Err(oserr(
+                    libc::ETIMEDOUT,
+                    "no TX timestamp before the deadline",
+                ));
             }
             py.check_signals()?;
         }
@@ -932,12 +1166,30 @@ impl PySocket {
 
 impl PySocket {
     #[allow(clippy::too_many_arguments)]
-    fn send_via(&self, py: Python<'_>, port: &Arc<Port>, mac: [u8; 6], source: u32, dst: u32,
-                dport: u16, data: &Bound<'_, PyAny>, tsflags: u32, nonblock: bool,
-                deadline_ns: Option<u64>) -> PyResult<usize> {
+    fn send_via(
+        &self,
+        py: Python<'_>,
+        port: &Arc<Port>,
+        mac: [u8; 6],
+        source: u32,
+        dst: u32,
+        dport: u16,
+        data: &Bound<'_, PyAny>,
+        tsflags: u32,
+        nonblock: bool,
+        deadline_ns: Option<u64>,
+    ) -> PyResult<usize> {
         port.check_sendable().map_err(|e| oserr(e, "send"))?;
-        let src = if self.local_addr == 0 || self.local_addr == u32::MAX { source } else { self.local_addr };
-        let delivery = if tsflags & crate::socket::TS_TX != 0 { monotonic_ns() } else { 0 };
+        let src = if self.local_addr == 0 || self.local_addr == u32::MAX {
+            source
+        } else {
+            self.local_addr
+        };
+        let delivery = if tsflags & crate::socket::TS_TX != 0 {
+            monotonic_ns()
+        } else {
+            0
+        };
         let sock = Arc::clone(&self.core);
         with_payload(data, |payload| {
             let dgram = UdpDatagram {

@@ -24,7 +24,9 @@ pub struct Fifo<T> {
 
 impl<T> Fifo<T> {
     pub fn new(capacity: usize) -> Self {
-        Fifo { queue: ArrayQueue::new(capacity.max(1)) }
+        Fifo {
+            queue: ArrayQueue::new(capacity.max(1)),
+        }
     }
 }
 

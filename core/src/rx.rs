@@ -35,7 +35,11 @@ fn input(port: &Port, mut buf: PacketBuf) -> Result<(), DropReason> {
     let demux = port.stack.demux();
     let (start, end) = (buf.start, buf.end);
     let l2 = {
-        let l2port = L2Port { mac: port.mac, vlan_id: port.vlan_id, vlans: &demux.vlans };
+        let l2port = L2Port {
+            mac: port.mac,
+            vlan_id: port.vlan_id,
+            vlans: &demux.vlans,
+        };
         ethernet::classify(&mut buf.data_mut()[start..end], &l2port)?
     };
     buf.start += l2.start;
@@ -43,7 +47,9 @@ fn input(port: &Port, mut buf: PacketBuf) -> Result<(), DropReason> {
     buf.meta.protocol = l2.ethertype;
     buf.meta.vlan_id = l2.vlan_id;
     buf.meta.src_mac = l2.src_mac;
-    let Some(buf) = packet_sockets(port, &demux, buf, &l2)? else { return Ok(()) };
+    let Some(buf) = packet_sockets(port, &demux, buf, &l2)? else {
+        return Ok(());
+    };
     let settings = &port.stack.settings;
     l2.for_stack(settings.accept_multicast.load(Relaxed))?;
     let l3 = buf.start + ETH_HLEN;
@@ -85,7 +91,9 @@ fn packet_sockets(
     }
     if let Some(list) = demux.packet_by_type.get(&l2.ethertype) {
         if let Some(l) = list.iter().find(|l| matches(l.ifindex)) {
-            l.sock.push(buf, port.stack.rx_stamping()).map_err(|_| DropReason::SockFull)?;
+            l.sock
+                .push(buf, port.stack.rx_stamping())
+                .map_err(|_| DropReason::SockFull)?;
             PortCounters::bump(&c.rx_delivered);
             return Ok(None);
         }
@@ -102,7 +110,10 @@ fn ipv4_input(
 ) -> Result<(), DropReason> {
     let mut ip = ipv4::validate(buf.data().get(l3..buf.end).ok_or(DropReason::IpErrors)?)?;
     let addrs = port.addrs.load();
-    let pa = PortAddrs { unicast: &addrs.unicast, local: &addrs.local };
+    let pa = PortAddrs {
+        unicast: &addrs.unicast,
+        local: &addrs.local,
+    };
     let settings = &port.stack.settings;
     let dst_kind = pa.accept(&ip, settings.accept_multicast.load(Relaxed))?;
     if ip.is_fragment() {
@@ -141,7 +152,8 @@ fn ipv4_input(
             buf.end = l4 + u.payload_end;
             buf.meta.src_port = u.src_port;
             buf.meta.dst_port = u.dst_port;
-            sock.push(buf, port.stack.rx_stamping()).map_err(|_| DropReason::SockFull)?;
+            sock.push(buf, port.stack.rx_stamping())
+                .map_err(|_| DropReason::SockFull)?;
             PortCounters::bump(&port.counters.rx_delivered);
             Ok(())
         }
@@ -157,12 +169,20 @@ fn ipv4_input(
             let ident = port.next_ident();
             for frag in plan {
                 let mut out = port.take_tx_now().ok_or(DropReason::ReplyFailed)?;
-                let n = reply.write(pkt, &port.mac, ident, frag, out.data_mut())?;
+                // a TX buffer too small for the reply: no room for it either
+                let n = match reply.write(pkt, &port.mac, ident, frag, out.data_mut()) {
+                    Err(DropReason::NoMem) => return Err(DropReason::ReplyFailed),
+                    written => written?,
+                };
                 out.start = 0;
                 out.end = n;
                 // port down or qdisc full: the TX side counts it too
-                port.transmit(TxItem { buf: out, sock: None, tsflags: 0 })
-                    .map_err(|_| DropReason::ReplyFailed)?;
+                port.transmit(TxItem {
+                    buf: out,
+                    sock: None,
+                    tsflags: 0,
+                })
+                .map_err(|_| DropReason::ReplyFailed)?;
             }
             PortCounters::bump(&port.counters.icmp_echo_replies);
             Ok(())
@@ -178,13 +198,23 @@ fn ipv4_input(
 
 fn arp_input(port: &Port, buf: PacketBuf, l3: usize) -> Result<(), DropReason> {
     let addrs = port.addrs.load();
-    let a = arp::input(buf.data().get(l3..buf.end).ok_or(DropReason::Malformed)?, &addrs.unicast)?;
+    let a = arp::input(
+        buf.data().get(l3..buf.end).ok_or(DropReason::Malformed)?,
+        &addrs.unicast,
+    )?;
     if a.needs_reply() && port.enabled() {
         if let Some(mut out) = port.take_tx_now() {
             let n = arp::build_reply(out.data_mut(), &port.mac, &a.arp)?;
             out.start = 0;
             out.end = n;
-            if port.transmit(TxItem { buf: out, sock: None, tsflags: 0 }).is_ok() {
+            if port
+                .transmit(TxItem {
+                    buf: out,
+                    sock: None,
+                    tsflags: 0,
+                })
+                .is_ok()
+            {
                 PortCounters::bump(&port.counters.arp_replies);
             }
         }

@@ -94,7 +94,8 @@ impl SocketCore {
         if self.waiters.load(Relaxed) > 0 {
             self.cond.notify_all();
         }
-        let want = !st.items.is_empty() || self.error.load(Relaxed) != 0 || !self.tx_ring.is_empty();
+        let want =
+            !st.items.is_empty() || self.error.load(Relaxed) != 0 || !self.tx_ring.is_empty();
         if want != st.readable {
             st.readable = want;
             if want {
@@ -195,7 +196,9 @@ impl SocketCore {
 
     /// As `wait`, for TX timestamp records (or TX stamping turned off meanwhile).
     pub fn wait_tx_records(&self, deadline_ns: Option<u64>) -> WaitEnd {
-        self.wait_for(deadline_ns, &|s| !s.tx_ring.is_empty() || s.tsflags() & TS_TX == 0)
+        self.wait_for(deadline_ns, &|s| {
+            !s.tx_ring.is_empty() || s.tsflags() & TS_TX == 0
+        })
     }
 
     fn wait_for(&self, deadline_ns: Option<u64>, have: &dyn Fn(&SocketCore) -> bool) -> WaitEnd {
@@ -217,7 +220,11 @@ impl SocketCore {
                     std::time::Duration::from_nanos(d - now)
                 }
             };
-            st = self.cond.wait_timeout(st, timeout).unwrap_or_else(|e| e.into_inner()).0;
+            st = self
+                .cond
+                .wait_timeout(st, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         };
         self.waiters.fetch_sub(1, SeqCst);
         drop(st);
@@ -252,7 +259,11 @@ impl SocketCore {
         }
         let rec = IoTimes {
             device: if flags & TS_DEVICE != 0 { t.device } else { 0 },
-            queuing: if flags & TS_QUEUING != 0 { t.queuing } else { 0 },
+            queuing: if flags & TS_QUEUING != 0 {
+                t.queuing
+            } else {
+                0
+            },
             delivery: t.delivery,
         };
         let mut st = self.lock();
@@ -335,10 +346,18 @@ mod tests {
     #[test]
     fn tx_records_only_when_asked() {
         let s = SocketCore::new().unwrap();
-        s.push_tx_record(IoTimes { device: 1, queuing: 2, delivery: 3 });
+        s.push_tx_record(IoTimes {
+            device: 1,
+            queuing: 2,
+            delivery: 3,
+        });
         assert_eq!(s.tx_records(), 0);
         s.set_tsflags(TS_TX | TS_DEVICE);
-        s.push_tx_record(IoTimes { device: 1, queuing: 2, delivery: 3 });
+        s.push_tx_record(IoTimes {
+            device: 1,
+            queuing: 2,
+            delivery: 3,
+        });
         let mut out = [0u8; 48];
         assert_eq!(s.pop_tx_records(&mut out, 2), (1, false));
         assert_eq!(u64::from_ne_bytes(out[8..16].try_into().unwrap()), 0); // queuing not asked

@@ -10,7 +10,10 @@ pub const TX_RING_SIZE: usize = 128;
 /// CLOCK_MONOTONIC now, in nanoseconds.
 #[inline]
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec into the valid `ts`; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -18,7 +21,10 @@ pub fn monotonic_ns() -> u64 {
 
 /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to convert kernel (realtime) stamps.
 pub fn realtime_offset_ns() -> i64 {
-    let mut rt = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut rt = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: as in `monotonic_ns`.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut rt) };
     let mono = monotonic_ns() as i64;
@@ -136,7 +142,11 @@ mod tests {
     fn ring_overflow_reports_truncation_once() {
         let ring = TxTimestampRing::default();
         for i in 0..(TX_RING_SIZE as u64 + 2) {
-            ring.push(IoTimes { device: i, queuing: 0, delivery: i });
+            ring.push(IoTimes {
+                device: i,
+                queuing: 0,
+                delivery: i,
+            });
         }
         let mut out = vec![0u8; 24 * 200];
         let (n, trunc) = ring.pop_into(&mut out, 200);

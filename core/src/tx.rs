@@ -83,7 +83,11 @@ pub fn send_udp<E>(
         buf.start = 0;
         buf.end = n;
         buf.times.delivery = d.delivery_time;
-        let item = TxItem { buf, sock: sock.cloned(), tsflags: d.tsflags };
+        let item = TxItem {
+            buf,
+            sock: sock.cloned(),
+            tsflags: d.tsflags,
+        };
         xmit(item).map_err(SendError::Errno)?;
         return Ok(len);
     }
@@ -120,7 +124,11 @@ fn send_fragments<E>(
     }
     for (frag, mut buf) in plan.zip(bufs) {
         let frame = buf.data_mut();
-        let tx = Ipv4Tx { more_fragments: frag.more, frag_offset: frag.offset, ..ip };
+        let tx = Ipv4Tx {
+            more_fragments: frag.more,
+            frag_offset: frag.offset,
+            ..ip
+        };
         write_eth_ipv4(frame, &d.dst_mac, &port.mac, &tx, IPPROTO_UDP, frag.len)
             .map_err(|_| SendError::Errno(libc::EMSGSIZE))?;
         // bytes [offset, offset + len) of "UDP header ‖ payload"

@@ -70,6 +70,7 @@ def solicit(sock: Any, peer: Any, flags: int = 0) -> None:
     """EVL ``evl_net_solicit``: pre-resolve *peer* into the front cache."""
     if not hasattr(sock, "stack"):
         import errno
+
         from .errors import oserror
         raise oserror(errno.EBADF, "not an oob socket")
     sock.stack.solicit(sock, peer, flags)

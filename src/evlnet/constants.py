@@ -23,6 +23,11 @@ MSG_TIMESTAMP = 0x2000                 #: EVL: MSG_ERRQUEUE, collect TX timestam
 # Socket options ------------------------------------------------------------------------------
 SOL_SOCKET = _socket.SOL_SOCKET
 SO_TIMESTAMP_OOB = 1024
+#: EVL's own option ids for oob_setsockopt/oob_getsockopt at SOL_SOCKET (socket-abi.h enum):
+#: the receive and send buffer sizes (Linux SO_RCVBUF/SO_SNDBUF rules) and SO_TIMESTAMP_OOB.
+EVL_SOCKOPT_RECVSZ = 0
+EVL_SOCKOPT_SENDSZ = 1
+EVL_SOCKOPT_TIMESTAMPING = 2
 EVL_SOF_TIMESTAMP_RX = 1 << 0
 EVL_SOF_TIMESTAMP_TX = 1 << 1
 EVL_SOF_TIMESTAMP_DEVICE = 1 << 2

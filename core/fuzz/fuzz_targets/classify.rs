@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
             vlans.insert(vid);
         }
     }
-    let port = L2Port { mac: OURS, vlan_id: if sel & 1 != 0 { 5 } else { 0 }, vlans: &vlans };
+    let port = L2Port {
+        mac: OURS,
+        vlan_id: if sel & 1 != 0 { 5 } else { 0 },
+        vlans: &vlans,
+    };
     let mut f = frame.to_vec();
     let before = parse_ethernet(frame);
     match classify(&mut f, &port) {
@@ -27,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
             let untagged = &f[info.start..];
             assert_eq!(&untagged[..6], &eth.dst);
             assert_eq!(&untagged[6..12], &eth.src);
-            assert_eq!(u16::from_be_bytes([untagged[12], untagged[13]]), info.ethertype);
+            assert_eq!(
+                u16::from_be_bytes([untagged[12], untagged[13]]),
+                info.ethertype
+            );
             assert_eq!(info.pkttype == PACKET_HOST, eth.dst == OURS);
             if info.pkttype == PACKET_BROADCAST {
                 assert_eq!(eth.dst, [0xFF; 6]);

@@ -23,16 +23,27 @@ fuzz_target!(|data: &[u8]| {
     m[2..4].copy_from_slice(&c.to_be_bytes());
     let pkt = ipv4(&Ip::new(PEER_IP, OUR_IP, IPPROTO_ICMP), &m);
     let ip = validate(&pkt).expect("built valid");
-    let addrs = PortAddrs { unicast: &[OUR_IP], local: &[OUR_IP] };
-    let Ok(reply) =
-        accept_request(&pkt, &ip, PEER_MAC, PACKET_HOST, DstKind::Unicast, &addrs, EchoPolicy::default())
-    else {
+    let addrs = PortAddrs {
+        unicast: &[OUR_IP],
+        local: &[OUR_IP],
+    };
+    let Ok(reply) = accept_request(
+        &pkt,
+        &ip,
+        PEER_MAC,
+        PACKET_HOST,
+        DstKind::Unicast,
+        &addrs,
+        EchoPolicy::default(),
+    ) else {
         return;
     };
     let mut msg = Vec::new();
     let mut out = vec![0u8; 1514];
     for frag in FragPlan::new(reply.msg_len(), 1500).expect("fits") {
-        let n = reply.write(&pkt, &[2, 0, 0, 0, 0, 1], 9, frag, &mut out).expect("reply");
+        let n = reply
+            .write(&pkt, &[2, 0, 0, 0, 0, 1], 9, frag, &mut out)
+            .expect("reply");
         let rip = parse_ipv4(&out[14..n]).expect("valid reply header");
         msg.extend_from_slice(rip.payload(&out[14..n]).expect("payload"));
     }

@@ -11,8 +11,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(ip.payload(data).is_some());
         assert_eq!(internet_checksum(&data[..ip.header_len], 0), 0);
         assert!(ip.frag_offset % 8 == 0 && ip.frag_offset <= 0x1FFF * 8);
-        assert_eq!(_core::ipv4::validate(data).is_ok(), !_core::ipv4::is_martian_source(ip.src)
-            || (ip.src == 0 && ip.dst == _core::wire::INADDR_BROADCAST));
+        assert_eq!(
+            _core::ipv4::validate(data).is_ok(),
+            !_core::ipv4::is_martian_source(ip.src)
+                || (ip.src == 0 && ip.dst == _core::wire::INADDR_BROADCAST)
+        );
     } else {
         assert!(_core::ipv4::validate(data).is_err());
     }

@@ -19,7 +19,11 @@ const TIMEOUT_NS: u64 = 1_000_000_000;
 /// Pools of 1 to 4 buffers, made once: every input gives all their buffers back (checked).
 fn pool(n: usize) -> Arc<Pool> {
     static POOLS: OnceLock<Vec<Arc<Pool>>> = OnceLock::new();
-    let pools = POOLS.get_or_init(|| (1..=4).map(|n| Pool::new("fuzz", n, REASM_BUF_SIZE)).collect());
+    let pools = POOLS.get_or_init(|| {
+        (1..=4)
+            .map(|n| Pool::new("fuzz", n, REASM_BUF_SIZE))
+            .collect()
+    });
     Arc::clone(&pools[n - 1])
 }
 
@@ -33,7 +37,9 @@ struct Model {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cfg, records)) = data.split_first() else { return };
+    let Some((&cfg, records)) = data.split_first() else {
+        return;
+    };
     let pool = pool(1 + usize::from(cfg & 3));
     let mut r = Reassembler::new(pool.clone(), 1 + usize::from(cfg >> 2 & 3), TIMEOUT_NS);
     let mut model: HashMap<(u32, u16, u8), Model> = HashMap::new();
@@ -55,7 +61,10 @@ fuzz_target!(|data: &[u8]| {
         match r.input(&pkt, &ip, now) {
             Ok(ReasmOutcome::Held) => {
                 answered_held += 1;
-                let m = model.entry(key).or_insert_with(|| Model { first_seen: now, ..Model::default() });
+                let m = model.entry(key).or_insert_with(|| Model {
+                    first_seen: now,
+                    ..Model::default()
+                });
                 if ip.frag_offset == 0 {
                     m.header_len = Some(ip.header_len);
                 }
@@ -71,8 +80,15 @@ fuzz_target!(|data: &[u8]| {
                 assert!(whole.len() <= 65535, "oversize datagram delivered");
                 let h = validate(whole).expect("a reassembled datagram is valid");
                 assert!(!h.is_fragment() && h.total_len == whole.len());
-                assert_eq!((h.src, h.dst, h.ident, h.protocol), (ip.src, ip.dst, ip.ident, ip.protocol));
-                assert_eq!(Some(h.header_len), m.header_len, "the first fragment's header");
+                assert_eq!(
+                    (h.src, h.dst, h.ident, h.protocol),
+                    (ip.src, ip.dst, ip.ident, ip.protocol)
+                );
+                assert_eq!(
+                    Some(h.header_len),
+                    m.header_len,
+                    "the first fragment's header"
+                );
                 let body = h.payload(whole).expect("payload");
                 let mut want = vec![None; body.len()];
                 for (off, bytes) in &m.parts {
@@ -92,9 +108,16 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => panic!("unexpected verdict {e:?} for a valid fragment"),
         }
         let s = r.stats();
-        assert_eq!(answered_held, s.held_frames + s.merged_frames + s.dropped_frames);
+        assert_eq!(
+            answered_held,
+            s.held_frames + s.merged_frames + s.dropped_frames
+        );
         assert_eq!(r.pending(), model.len(), "datagrams pending");
-        assert_eq!(pool.free() + r.pending(), pool.total(), "a buffer went missing");
+        assert_eq!(
+            pool.free() + r.pending(),
+            pool.total(),
+            "a buffer went missing"
+        );
     }
     r.clear();
     assert_eq!(pool.free(), pool.total());

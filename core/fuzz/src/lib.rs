@@ -104,7 +104,8 @@ pub fn ether(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
 pub fn with_vlan(frame: &[u8], vid: u16) -> Vec<u8> {
     let mut f = frame.to_vec();
     let tag = [0x81, 0x00, (vid >> 8) as u8 & 0x0F, vid as u8];
-    f.splice(12..12, tag);
+    let at = f.len().min(12); // a runt stays one
+    f.splice(at..at, tag);
     f
 }
 
@@ -157,7 +158,14 @@ pub fn ipv4(ip: &Ip, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A UDP segment (header and `data`), checksummed unless `checksum` is false (0: none).
-pub fn udp_segment(src: u32, dst: u32, sport: u16, dport: u16, data: &[u8], checksum: bool) -> Vec<u8> {
+pub fn udp_segment(
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    data: &[u8],
+    checksum: bool,
+) -> Vec<u8> {
     let len = 8 + data.len();
     let mut s = Vec::with_capacity(len);
     s.extend_from_slice(&sport.to_be_bytes());
@@ -189,7 +197,12 @@ pub fn icmp_echo(id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
 /// A UDP datagram in one frame, to `dst_mac`.
 pub fn udp_frame(dst_mac: Mac, src: u32, dst: u32, dport: u16, data: &[u8]) -> Vec<u8> {
     let seg = udp_segment(src, dst, 5000, dport, data, true);
-    ether(dst_mac, PEER_MAC, ETH_P_IP, &ipv4(&Ip::new(src, dst, IPPROTO_UDP), &seg))
+    ether(
+        dst_mac,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(&Ip::new(src, dst, IPPROTO_UDP), &seg),
+    )
 }
 
 /// An ARP packet in a frame (broadcast for a request).
@@ -198,7 +211,11 @@ pub fn arp_frame(op: u16, sender_ip: u32, target_ip: u32) -> Vec<u8> {
     a.extend_from_slice(&op.to_be_bytes());
     a.extend_from_slice(&PEER_MAC);
     a.extend_from_slice(&sender_ip.to_be_bytes());
-    let (dst, target_mac) = if op == 1 { (BROADCAST_MAC, [0; 6]) } else { (HOST_MAC, HOST_MAC) };
+    let (dst, target_mac) = if op == 1 {
+        (BROADCAST_MAC, [0; 6])
+    } else {
+        (HOST_MAC, HOST_MAC)
+    };
     a.extend_from_slice(&target_mac);
     a.extend_from_slice(&target_ip.to_be_bytes());
     ether(dst, PEER_MAC, ETH_P_ARP, &a)
@@ -238,7 +255,14 @@ pub fn ip_frames(packets: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 /// offset-0 fragment carries 40 bytes of options (so it would make a 65575-byte datagram),
 /// sent last or first.
 pub fn ihl15_attack(ident: u16, first_last: bool) -> Vec<Vec<u8>> {
-    let seg = udp_segment(PEER_IP, OUR_IP, 5000, UDP_PORT, &pattern(MAX_UDP_PAYLOAD, ident as u8), true);
+    let seg = udp_segment(
+        PEER_IP,
+        OUR_IP,
+        5000,
+        UDP_PORT,
+        &pattern(MAX_UDP_PAYLOAD, ident as u8),
+        true,
+    );
     let ip = Ip {
         ident,
         options: 40,
@@ -263,30 +287,70 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
     let mut out = vec![
         udp_frame(HOST_MAC, PEER_IP, OUR_IP, UDP_PORT, b"hello"),
         udp_frame(HOST_MAC, PEER_IP, OUR_IP, UDP_PORT, &pattern(600, 1)),
-        udp_frame(BROADCAST_MAC, PEER_IP, DIRECTED_BCAST, UDP_ANY_PORT, b"to all"),
+        udp_frame(
+            BROADCAST_MAC,
+            PEER_IP,
+            DIRECTED_BCAST,
+            UDP_ANY_PORT,
+            b"to all",
+        ),
         udp_frame(HOST_MAC, PEER_IP, OUR_IP, UDP_UNBOUND_PORT, b"nobody"),
         udp_frame(MCAST_MAC, PEER_IP, MCAST_IP, UDP_ANY_PORT, b"group"),
-        with_vlan(&udp_frame(HOST_MAC, PEER_IP, OUR_IP, UDP_PORT, b"tagged"), OOB_VLAN),
+        with_vlan(
+            &udp_frame(HOST_MAC, PEER_IP, OUR_IP, UDP_PORT, b"tagged"),
+            OOB_VLAN,
+        ),
     ];
     // checksum 0 (none): mutated payloads are still delivered
     let seg = udp_segment(PEER_IP, OUR_IP, 5000, UDP_ANY_PORT, b"no checksum", false);
-    out.push(ether(HOST_MAC, PEER_MAC, ETH_P_IP, &ipv4(&Ip::new(PEER_IP, OUR_IP, IPPROTO_UDP), &seg)));
+    out.push(ether(
+        HOST_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(&Ip::new(PEER_IP, OUR_IP, IPPROTO_UDP), &seg),
+    ));
     let ping = icmp_echo(0x77, 1, &pattern(56, 2));
-    out.push(ether(HOST_MAC, PEER_MAC, ETH_P_IP, &ipv4(&Ip::new(PEER_IP, OUR_IP, IPPROTO_ICMP), &ping)));
-    out.push(ether(BROADCAST_MAC, PEER_MAC, ETH_P_IP, &ipv4(&Ip::new(PEER_IP, INADDR_BROADCAST, IPPROTO_ICMP), &ping)));
+    out.push(ether(
+        HOST_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(&Ip::new(PEER_IP, OUR_IP, IPPROTO_ICMP), &ping),
+    ));
+    out.push(ether(
+        BROADCAST_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(&Ip::new(PEER_IP, INADDR_BROADCAST, IPPROTO_ICMP), &ping),
+    ));
     out.push(arp_frame(1, PEER_IP, OUR_IP));
     out.push(arp_frame(2, PEER_IP, OUR_IP));
     out.push(ether(HOST_MAC, PEER_MAC, ETH_P_CUSTOM, b"custom"));
     out.push(ether(HOST_MAC, PEER_MAC, ETH_P_INBAND, b"in-band"));
     out.push(ether(HOST_MAC, PEER_MAC, 0x9000, b"loopback test"));
-    out.push(ether(HOST_MAC, PEER_MAC, ETH_P_IP, &ipv4(&Ip::new(PEER_IP, OUR_IP, IPPROTO_INBAND), b"proto")));
-    out.push(ether(HOST_MAC, PEER_MAC, ETH_P_IP, &ipv4(&Ip::new(PEER_IP, OUR_IP, 6), b"tcp?")));
+    out.push(ether(
+        HOST_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(&Ip::new(PEER_IP, OUR_IP, IPPROTO_INBAND), b"proto"),
+    ));
+    out.push(ether(
+        HOST_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(&Ip::new(PEER_IP, OUR_IP, 6), b"tcp?"),
+    ));
     // fragments: a UDP datagram and an echo request, 3 pieces each
     let seg = udp_segment(PEER_IP, OUR_IP, 5000, UDP_PORT, &pattern(2000, 3), true);
-    let ip = Ip { ident: 0x100, ..Ip::new(PEER_IP, OUR_IP, IPPROTO_UDP) };
+    let ip = Ip {
+        ident: 0x100,
+        ..Ip::new(PEER_IP, OUR_IP, IPPROTO_UDP)
+    };
     out.extend(ip_frames(fragments(&ip, &seg, 800)));
     let ping = icmp_echo(0x78, 2, &pattern(1500, 4));
-    let ip = Ip { ident: 0x101, ..Ip::new(PEER_IP, OUR_IP, IPPROTO_ICMP) };
+    let ip = Ip {
+        ident: 0x101,
+        ..Ip::new(PEER_IP, OUR_IP, IPPROTO_ICMP)
+    };
     out.extend(ip_frames(fragments(&ip, &ping, 600)));
     out
 }
@@ -330,7 +394,10 @@ pub fn fix_checksums(frame: &mut [u8], l4: bool) {
             let ulen = usize::from(u16::from_be_bytes([l4seg[4], l4seg[5]]));
             if (8..=l4seg.len()).contains(&ulen) {
                 l4seg[6..8].fill(0);
-                let c = internet_checksum(&l4seg[..ulen], pseudo_header_sum(src, dst, IPPROTO_UDP, ulen as u16));
+                let c = internet_checksum(
+                    &l4seg[..ulen],
+                    pseudo_header_sum(src, dst, IPPROTO_UDP, ulen as u16),
+                );
                 let c = if c == 0 { 0xFFFF } else { c };
                 l4seg[6..8].copy_from_slice(&c.to_be_bytes());
             }
@@ -427,7 +494,8 @@ pub fn decode_rx_input(data: &[u8]) -> (u8, Vec<&[u8]>) {
 /// One fragment of a `reassembly` input, 8 bytes:
 /// `[flags, ident, offset/8 (u16 BE, 13 bits), payload length (u16 BE), fill, time step]`,
 /// flags: bit 0 MF, bit 1 ICMP (else UDP), bit 2 other source, bits 3-6 option words (up
-/// to 10).
+/// to 10), bit 7 a length over 2047 (without it the length is taken modulo 2048: big payloads
+/// make slow inputs, and offsets reach the end of a datagram anyway).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FragSpec {
     pub more: bool,
@@ -454,7 +522,7 @@ impl FragSpec {
             option_words: ((r[0] >> 3) & 0xF).min(10),
             ident: r[1],
             offset_units: u16::from_be_bytes([r[2], r[3]]) & 0x1FFF,
-            len: u16::from_be_bytes([r[4], r[5]]),
+            len: u16::from_be_bytes([r[4], r[5]]) & if r[0] & 0x80 != 0 { 0xFFFF } else { 0x7FF },
             fill: r[6],
             step: r[7],
         })
@@ -464,10 +532,13 @@ impl FragSpec {
         let flags = u8::from(self.more)
             | u8::from(self.icmp) << 1
             | u8::from(self.other_src) << 2
-            | (self.option_words & 0xF) << 3;
+            | (self.option_words & 0xF) << 3
+            | u8::from(self.len > 0x7FF) << 7;
         let o = self.offset_units.to_be_bytes();
         let l = self.len.to_be_bytes();
-        [flags, self.ident, o[0], o[1], l[0], l[1], self.fill, self.step]
+        [
+            flags, self.ident, o[0], o[1], l[0], l[1], self.fill, self.step,
+        ]
     }
 
     /// The IP packet (valid header; the payload cut so the total length fits 16 bits).
@@ -512,7 +583,12 @@ impl FragSpec {
 // -- the rig ----------------------------------------------------------------------------------
 
 /// A port as the control plane sets it up, for tests and fuzzing.
-pub fn port_config(tx_poolsz: usize, rx_poolsz: usize, ipfrag_time_ns: u64, tx_direct: bool) -> PortConfig {
+pub fn port_config(
+    tx_poolsz: usize,
+    rx_poolsz: usize,
+    ipfrag_time_ns: u64,
+    tx_direct: bool,
+) -> PortConfig {
     PortConfig {
         poolsz: tx_poolsz,
         bufsz: 2048,
@@ -567,15 +643,30 @@ impl Rig {
         stack.update_demux(|d| {
             d.udp.insert(udp_key(OUR_IP, UDP_PORT), Arc::clone(&udp));
             d.udp.insert(udp_key(0, UDP_ANY_PORT), Arc::clone(&udp_any));
-            d.packet_taps.push(PacketListener { sock: Arc::clone(&tap), ifindex: 0 });
-            let l = PacketListener { sock: Arc::clone(&custom), ifindex: 0 };
+            d.packet_taps.push(PacketListener {
+                sock: Arc::clone(&tap),
+                ifindex: 0,
+            });
+            let l = PacketListener {
+                sock: Arc::clone(&custom),
+                ifindex: 0,
+            };
             d.packet_by_type.entry(ETH_P_CUSTOM).or_default().push(l);
             d.inband_ethertypes.insert(ETH_P_INBAND);
             d.inband_ip_protocols.insert(IPPROTO_INBAND);
             d.vlans.insert(OOB_VLAN);
         });
         let mac = link.b.mac();
-        Rig { stack, link, port, udp, udp_any, tap, custom, mac }
+        Rig {
+            stack,
+            link,
+            port,
+            udp,
+            udp_any,
+            tap,
+            custom,
+            mac,
+        }
     }
 
     /// `frame` with [`HOST_MAC`] as its destination replaced by the port's MAC.
@@ -594,7 +685,9 @@ impl Rig {
 
     /// Run the RX path on `frame` on this thread; false when it does not fit an RX buffer.
     pub fn process(&self, frame: &[u8]) -> bool {
-        let Some(mut buf) = self.port.rx_pool.take() else { return false };
+        let Some(mut buf) = self.port.rx_pool.take() else {
+            return false;
+        };
         if !buf.fill(&self.localize(frame)) {
             return false;
         }
@@ -605,9 +698,12 @@ impl Rig {
     /// Set the stack's switches from `flags` ([`RxFlags`]).
     pub fn apply_flags(&self, flags: u8) {
         let s = &self.stack.settings;
-        s.accept_multicast.store(flags & RxFlags::ACCEPT_MULTICAST != 0, Relaxed);
-        s.icmp_echo_ignore_all.store(flags & RxFlags::ECHO_IGNORE_ALL != 0, Relaxed);
-        s.icmp_echo_ignore_broadcasts.store(flags & RxFlags::ECHO_ANSWER_BROADCASTS == 0, Relaxed);
+        s.accept_multicast
+            .store(flags & RxFlags::ACCEPT_MULTICAST != 0, Relaxed);
+        s.icmp_echo_ignore_all
+            .store(flags & RxFlags::ECHO_IGNORE_ALL != 0, Relaxed);
+        s.icmp_echo_ignore_broadcasts
+            .store(flags & RxFlags::ECHO_ANSWER_BROADCASTS == 0, Relaxed);
     }
 
     /// Pop every socket queue, showing each buffer to `seen`; returns how many.
@@ -668,7 +764,11 @@ impl Rig {
 
     /// Throw away every datagram in reassembly (as disabling the port does).
     pub fn clear_reasm(&self) {
-        self.port.reasm.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.port
+            .reasm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Check both equations of the RX ledger (`_core::stats`): meaningful when the port is

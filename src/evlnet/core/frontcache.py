@@ -47,8 +47,8 @@ class Neighbour:
         self.permanent = permanent
 
     def __repr__(self) -> str:
-        from ..wire.ipv4 import int_to_ip
         from ..wire.ethernet import mac_to_str
+        from ..wire.ipv4 import int_to_ip
         perm = " PERMANENT" if self.permanent else ""
         return f"Neighbour({int_to_ip(self.address)} lladdr {mac_to_str(self.mac)}{perm})"
 
@@ -96,7 +96,8 @@ class _Cache:
         self._published()
 
     def wait_for(self, key: int, deadline_ns: int) -> Any:
-        """In-band: block until *key* is cached or the deadline passes; returns the entry or None."""
+        """In-band: block until *key* is cached or the deadline passes; returns the entry or
+        None."""
         with self._changed:
             while True:
                 entry = self._entries.get(key)
@@ -131,7 +132,8 @@ class NeighbourCache(_Cache):
 
     def learn(self, neighbour: Neighbour) -> None:
         old = self._entries.get(neighbour.address)
-        if old is not None and old.permanent and not neighbour.permanent and old.mac == neighbour.mac:
+        if old is not None and old.permanent and not neighbour.permanent \
+                and old.mac == neighbour.mac:
             return  # EVL: a permanent state is never downgraded
         self._store(neighbour.address, neighbour)
         for callback in self.on_learn:

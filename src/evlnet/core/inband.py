@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Callable
-
+from collections.abc import Callable
 
 log = logging.getLogger("evlnet.inband")
 
@@ -35,7 +34,8 @@ class Doorbell:
 
 
 class InbandWorker:
-    """Runs posted jobs in order on a daemon thread. ``post`` never blocks (EVL: evl_call_inband)."""
+    """Runs posted jobs in order on a daemon thread. ``post`` never blocks (EVL:
+    evl_call_inband)."""
 
     def __init__(self, name: str, periodic: Callable[[], None] | None = None,
                  period: float = 0.25) -> None:

@@ -134,6 +134,7 @@ class Port:
         self.iface_unicast = frozenset(a.address for a in self.iface.addresses)
         unicast = [a.address for a in self.iface.addresses]
         self.core.set_addresses(unicast, sorted(self.local_addrs))
+        self.stack._refresh_broadcasts()
 
     # -- TX from the in-band stage ------------------------------------------------------------
     def check_sendable(self) -> None:
@@ -177,6 +178,17 @@ class Port:
         except OSError:
             pass
         self._fd = -1
+
+    def set_realtime(self, cpus: set[int] | None = None,
+                     fifo_priority: int | None = None) -> dict[str, str]:
+        """Real-time levers for this port's RX and TX threads (the core's): pin them to *cpus*
+        and/or run them under SCHED_FIFO at *fifo_priority*. Returns ``{"rx affinity": "ok" or
+        "refused: <reason>", ...}``; a refused lever is reported, never raised."""
+        report = {}
+        for thread, lever, err in self.core.set_realtime(
+                sorted(cpus) if cpus is not None else None, fifo_priority):
+            report[f"{thread} {lever}"] = "ok" if err == 0 else f"refused: {os.strerror(err)}"
+        return report
 
     @property
     def threads_alive(self) -> bool:

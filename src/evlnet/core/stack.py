@@ -15,10 +15,18 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from ..constants import (AF_INET, EVL_DEFAULT_POOLSZ, EVL_MAX_BUFSZ, EVL_MAX_POOLSZ,
-                         EVL_NEIGH_FLAGS, EVL_NEIGH_MAYROUTE, EVL_NEIGH_PERMANENT, PAGE_SIZE,
-                         SOCK_OOB)
 from .. import _core
+from ..constants import (
+    AF_INET,
+    EVL_DEFAULT_POOLSZ,
+    EVL_MAX_BUFSZ,
+    EVL_MAX_POOLSZ,
+    EVL_NEIGH_FLAGS,
+    EVL_NEIGH_MAYROUTE,
+    EVL_NEIGH_PERMANENT,
+    PAGE_SIZE,
+    SOCK_OOB,
+)
 from ..drivers.base import Device
 from ..errors import oserror
 from ..proto.arp import ArpLayer
@@ -166,6 +174,8 @@ class Stack:
         self.icmp = self.protocols.register(IcmpProtocol())
         self._next_port_id = 1
         self._ports_by_id: dict[int, Port] = {}
+        #: limited and directed broadcast addresses of the ports (sends need SO_BROADCAST)
+        self.broadcast_addrs: frozenset[int] = frozenset({0xFFFFFFFF})
         #: datagrams demoted while their next hop is being resolved (Linux: the neighbour's
         #: arp_queue), next hop -> [(deadline, sock, payload, dst, dport)]
         self._unresolved: dict[int, list] = {}
@@ -194,6 +204,14 @@ class Stack:
                       for r in fc.routes]
             neighbours = [(n.address, n.mac) for n in fc.neighbours]
             self.core.publish_frontcache(routes, neighbours)
+
+    def _refresh_broadcasts(self) -> None:
+        """The broadcast addresses of the enabled ports (limited and directed), for the
+        SO_BROADCAST check on sends."""
+        out = {0xFFFFFFFF}
+        for port in self.ports.values():
+            out |= port.local_addrs - port.iface_unicast
+        self.broadcast_addrs = frozenset(out)
 
     def port_by_id(self, port_id: int) -> Port | None:
         """The port with core id *port_id* (also after it was disabled), or None."""
@@ -319,6 +337,7 @@ class Stack:
             port = Port(self, iface, port_id, poolsz, size, self.settings.rx_poolsz)
             self.ports[ifname] = port
             self._ports_by_id[port_id] = port
+            self._refresh_broadcasts()
             if self.kernel is not None and iface.kind == "linux":
                 try:
                     self.kernel.port_enabled(port)
@@ -355,6 +374,7 @@ class Stack:
         with self._lock:
             port = self._port_of(port)
             del self.ports[port.name]
+            self._refresh_broadcasts()
             # Neighbours go; routes stay as tombstones pointing at the disabled port, so that
             # senders get ENETDOWN rather than a silent demotion (dropped on re-enable/flush).
             self.frontcache.neighbours.purge_port(port)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 #: struct evl_net_devstat: 4 x u64, 6 x u32, then a u32 bitfield {oob_capable:1, oob_port:1};
 #: 60 bytes padded to 64 by the u64 alignment (EVL_NDEVIOC_GETSTAT carries 64 bytes).
@@ -20,9 +21,10 @@ class PortCounters:
         "rx_packets", "rx_bytes", "tx_packets", "tx_bytes",
         "csum_errors", "rx_nomem", "tx_nomem",
         # evlnet's drop reasons (not in EVL's devstat)
-        "rx_otherhost", "rx_malformed", "rx_ip_errors", "rx_no_receiver", "rx_sock_full", "rx_unknown_proto",
-        "rx_reasm_fails", "rx_reasm_ok", "rx_filtered", "rx_inband", "rx_errors", "tx_errors",
-        "tx_dropped_down", "tx_qdisc_drops", "icmp_echo_replies", "arp_replies",
+        "rx_otherhost", "rx_malformed", "rx_ip_errors", "rx_no_receiver", "rx_sock_full",
+        "rx_unknown_proto", "rx_reasm_fails", "rx_reasm_ok", "rx_filtered", "rx_inband",
+        "rx_errors", "tx_errors", "tx_dropped_down", "tx_qdisc_drops", "icmp_echo_replies",
+        "arp_replies",
     )
 
     def __init__(self) -> None:
@@ -60,11 +62,15 @@ class DevStat:
                             self.rx_nomem, self.tx_nomem, bits)
 
     @classmethod
-    def unpack(cls, data) -> "DevStat":
-        v = DEVSTAT.unpack_from(data)
-        return cls(*v[:10], oob_capable=bool(v[10] & 1), oob_port=bool(v[10] & 2))
+    def unpack(cls, data: bytes | bytearray | memoryview) -> DevStat:
+        """Parse EVL's binary ``struct evl_net_devstat`` (the inverse of ``pack``)."""
+        (rx_packets, rx_bytes, tx_packets, tx_bytes, skb_size, skb_free, skb_total, csum_errors,
+         rx_nomem, tx_nomem, bits) = DEVSTAT.unpack_from(data)
+        return cls(rx_packets, rx_bytes, tx_packets, tx_bytes, skb_size, skb_free, skb_total,
+                   csum_errors, rx_nomem, tx_nomem, oob_capable=bool(bits & 1),
+                   oob_port=bool(bits & 2))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def format_query(self, modifiers: str = "") -> str:

@@ -19,8 +19,8 @@ Where the points are taken, all in the compiled core (as EVL's ``timestamping.c`
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..constants import EVL_SOF_TIMESTAMP_RX, EVL_SOF_TIMESTAMP_TX
 
@@ -41,7 +41,7 @@ class IoTimes:
         return IOTIMES.pack(self.device_time, self.queuing_time, self.delivery_time)
 
     @classmethod
-    def unpack(cls, data) -> "IoTimes":
+    def unpack(cls, data: bytes | bytearray | memoryview) -> IoTimes:
         """Parse one 24-byte record (e.g. the RX control data); ValueError if shorter."""
         size = memoryview(data).nbytes
         if size < IOTIMES_SIZE:
@@ -49,7 +49,7 @@ class IoTimes:
         return cls(*IOTIMES.unpack_from(data, 0))
 
     @classmethod
-    def unpack_array(cls, data) -> list["IoTimes"]:
+    def unpack_array(cls, data: bytes | bytearray | memoryview) -> list[IoTimes]:
         """Parse an array of records (as returned by a ``MSG_TIMESTAMP`` collection).
 
         ValueError if *data* is not a whole number of records."""

@@ -287,7 +287,7 @@ class AfPacketDevice(Device):
     def read_kernel_stats(self) -> tuple[int, int, int]:
         """Read (and thereby reset) the kernel's PACKET_STATISTICS: ``(tp_packets, tp_drops,
         tp_freeze_q_cnt)`` of this interval; the drops are added to the device's counters."""
-        return tuple(self._core.read_kernel_stats()) if self._core is not None else (0, 0, 0)
+        return self._core.read_kernel_stats() if self._core is not None else (0, 0, 0)
 
     # --- socket filter ---------------------------------------------------------------------
 

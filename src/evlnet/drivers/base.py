@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from .. import _core
+
+    #: The core devices a port can be enabled on (what ``_core.Port`` accepts).
+    CoreDevice: TypeAlias = _core.VirtualEnd | _core.VirtualVlan | _core.AfPacket
 
 ARPHRD_ETHER = 1
 
@@ -28,7 +35,7 @@ class Device(ABC):
     real_device: Device | None = None
     #: The core object the port's threads drive (``evlnet._core`` VirtualEnd, VirtualVlan,
     #: AfPacket).
-    core_device: object
+    core_device: CoreDevice
 
     def __init__(self) -> None:
         #: called (from a control-plane thread) with True/False when the link goes up/down, or

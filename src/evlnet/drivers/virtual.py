@@ -22,21 +22,22 @@ from .base import Device
 class _CoreBacked(Device):
     """A device whose data path is a core device object (``self.core_device``)."""
 
-    core_device: object
+    core_device: _core.VirtualEnd | _core.VirtualVlan
 
     def counters(self) -> dict[str, int]:
         """The device's own drop counters, by name."""
-        return dict(self.core_device.counters())  # type: ignore[attr-defined]
+        return dict(self.core_device.counters())
 
     def transmit(self, frame: bytes | bytearray | memoryview) -> None:
         """Put one frame on the wire from Python (tests, tools); the oob path never calls this."""
-        self.core_device.transmit(bytes(frame))  # type: ignore[attr-defined]
+        self.core_device.transmit(bytes(frame))
 
 
 class VirtualInterface(_CoreBacked):
     """One end of a ``VirtualLink``."""
 
     oob_capable = True
+    core_device: _core.VirtualEnd
 
     def __init__(self, core_end: _core.VirtualEnd) -> None:
         super().__init__()
@@ -46,17 +47,23 @@ class VirtualInterface(_CoreBacked):
         self.mac = core_end.mac
         self.mtu = core_end.mtu
         self.vlans: dict[int, VirtualVlan] = {}
+        # The core keeps the administrative state too but does not export it: mirrored here.
+        self._admin_up = True
+        self._removed = False
 
     def is_up(self) -> bool:
         return bool(self.core_device.is_up())
 
     @property
     def admin_up(self) -> bool:
-        return bool(self.core_device.admin_up)
+        """The administrative state (``ip link set up|down``), whatever the carrier."""
+        return self._admin_up
 
     def set_up(self, up: bool) -> None:
         """Like ``ip link set <if> up|down``; tells ports and VLAN devices on it."""
         self.core_device.set_up(up)
+        if not self._removed:           # as the core: no-op once removed
+            self._admin_up = up
         for dev in (self, *self.vlans.values()):
             if dev.on_link_change is not None:
                 dev.on_link_change(up)
@@ -64,12 +71,15 @@ class VirtualInterface(_CoreBacked):
     def remove(self) -> None:
         """Like ``ip link del``: the interface disappears (ports on it are disabled)."""
         self.core_device.remove()
+        self._removed = True
+        self._admin_up = False
         for dev in (self, *self.vlans.values()):
             if dev.on_link_change is not None:
                 dev.on_link_change(None)
 
     def add_vlan(self, vid: int, name: str | None = None) -> VirtualVlan:
-        """Create a VLAN device on this end (``ip link add link <if> name <if>.<vid> type vlan``)."""
+        """Create a VLAN device on this end (``ip link add link <if> name <if>.<vid> type
+        vlan``)."""
         if not 1 <= vid <= 4094:
             raise oserror(errno.EINVAL, f"VLAN id {vid} out of range 1-4094")
         dev = VirtualVlan(self, self.core_device.add_vlan(vid, name or f"{self.name}.{vid}"))
@@ -98,6 +108,7 @@ class VirtualVlan(_CoreBacked):
     """A VLAN device on a virtual end: tags on TX, receives its VID untagged."""
 
     oob_capable = True
+    core_device: _core.VirtualVlan
 
     def __init__(self, parent: VirtualInterface, core_vlan: _core.VirtualVlan) -> None:
         super().__init__()

@@ -49,16 +49,18 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._netns import inside
 from ..core.frontcache import Neighbour, Route
 from ..core.interface import Address, Interface
+from ..drivers.afpacket import AfPacketDevice
 from ..errors import oserror
 from . import diversion as dv
 from . import rtnl
-from .._netns import inside
 
 if TYPE_CHECKING:
     from ..core.port import Port
@@ -84,6 +86,11 @@ def _fmt(ip: int) -> str:
     return socket.inet_ntoa(ip.to_bytes(4, "big"))
 
 
+def _device(owner: Interface | Port) -> AfPacketDevice:
+    """The AF_PACKET device of a Linux interface or port (``open_interface`` made it)."""
+    device = owner.device
+    assert isinstance(device, AfPacketDevice), f"{owner.name} is not a Linux interface"
+    return device
 
 
 def _ns_id(path_or_fd) -> tuple[int, int]:
@@ -150,15 +157,20 @@ class KernelBridge:
 
     # -- namespace ------------------------------------------------------------------------------
     @contextmanager
-    def _in_ns(self):
+    def _in_ns(self) -> Iterator[None]:
         """Run the block with the calling thread in the bridge's network namespace."""
         with inside(self._ns_fd):
             yield
 
+    def _rtnl(self) -> rtnl.RtnlSocket:
+        """The netlink request socket; ESHUTDOWN once the bridge is closed."""
+        if self.nl is None:
+            raise oserror(errno.ESHUTDOWN, "the kernel bridge is closed")
+        return self.nl
+
     # -- interfaces -----------------------------------------------------------------------------
     def open_interface(self, ifname: str) -> Interface:
         """The stack's Interface for Linux interface *ifname* (made once, kind "linux")."""
-        from ..drivers.afpacket import AfPacketDevice
         self._check_open()
         with self._in_ns():
             try:
@@ -175,7 +187,7 @@ class KernelBridge:
                 # an interface of that name was deleted and re-created: start afresh
                 if stack.ports.get(ifname) is None:
                     stack.interfaces.pop(ifname, None)
-                    iface.device.close()
+                    _device(iface).close()
                 else:
                     return iface
             with self._in_ns():
@@ -183,7 +195,7 @@ class KernelBridge:
             try:
                 # nothing is diverted until port_enabled() computes the rule: the ring stays empty
                 device.set_socket_filter(self._program(dv.DiversionRule(), socket_side=True))
-                addrs = [Address(a, p) for a, p in rtnl.addr_dump(self.nl, device.ifindex)]
+                addrs = [Address(a, p) for a, p in rtnl.addr_dump(self._rtnl(), device.ifindex)]
             except BaseException:
                 device.close()
                 raise
@@ -205,7 +217,7 @@ class KernelBridge:
         self._check_open()
         with self._lock:
             ifindex = port.ifindex
-            state = _PortDiversion(port, dv.TcDiversion(self.nl, ifindex))
+            state = _PortDiversion(port, dv.TcDiversion(self._rtnl(), ifindex))
             self._divert[ifindex] = state
             self._ports = {**self._ports, ifindex: port}
             self._was_up[ifindex] = True
@@ -234,7 +246,7 @@ class KernelBridge:
             self._forget_port(port)
             if port.device.vlan_id:
                 self._refresh_diversion()
-        device = port.device
+        device = _device(port)
         try:
             device.set_socket_filter(self._program(dv.DiversionRule(), socket_side=True))
         except OSError:
@@ -280,6 +292,7 @@ class KernelBridge:
             return dv.DiversionRule(all_ipv4=all_ipv4, tagged_vids=tagged)
         local = port.local_addrs
         udp: dict[int, set[int]] = {}
+        targets: Iterable[int]
         bindings = [(key & 0xFFFFFFFF, key >> 32, slot.owners[0] if slot.owners else None)
                     for key, slot in list(stack.udp.slots.items())]
         for sock, (addr, p) in list(self._pending.items()):
@@ -329,7 +342,7 @@ class KernelBridge:
         rule = self.rule_for_port(state.port)
         if rule == state.rule and not force:
             return
-        device = state.port.device
+        device = _device(state.port)
         old = state.rule
         if old is not None and old != rule:
             device.set_socket_filter(self._program(_union(old, rule), socket_side=True))
@@ -378,6 +391,8 @@ class KernelBridge:
             try:
                 k.bind((_fmt(addr), port))
             except OSError as exc:
+                if exc.errno is None:
+                    raise
                 raise oserror(exc.errno, f"{_fmt(addr)}:{port}: {os.strerror(exc.errno)} "
                                          "(in the kernel)") from None
         if getattr(sock, "family", None) == socket.AF_INET:
@@ -434,7 +449,7 @@ class KernelBridge:
         local = sock.local or (0, 0)
         src, sport = local
         if not src or src == 0xFFFFFFFF:
-            src = rtnl.route_get(self.nl, dst).prefsrc
+            src = rtnl.route_get(self._rtnl(), dst).prefsrc
         ulen = 8 + len(payload)
         pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + ulen
         seg = bytearray(_UDP_HDR.pack(sport, dport, ulen, 0) + payload)
@@ -460,7 +475,7 @@ class KernelBridge:
                 raise oserror(errno.ENODEV, f"{bound_device} is not an enabled oob port")
             oif = port.ifindex
         try:
-            ans = rtnl.route_get(self.nl, dst, oif)
+            ans = rtnl.route_get(self._rtnl(), dst, oif)
         except OSError as exc:
             if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.EACCES,
                              errno.EPERM):
@@ -481,7 +496,7 @@ class KernelBridge:
 
     def _ifname(self, ifindex: int) -> str:
         try:
-            link = rtnl.link_get(self.nl, ifindex) if ifindex else None
+            link = rtnl.link_get(self._rtnl(), ifindex) if ifindex else None
         except OSError:
             link = None
         return link.ifname if link is not None and link.ifname else f"ifindex {ifindex}"
@@ -510,7 +525,8 @@ class KernelBridge:
 
     def _kick(self, hop: int, port: "Port") -> Neighbour | None:
         """Look at the kernel's entry: use it when valid, else (re)start its resolution."""
-        entry = rtnl.neigh_get(self.nl, hop, port.ifindex)
+        nl = self._rtnl()
+        entry = rtnl.neigh_get(nl, hop, port.ifindex)
         if entry is not None and entry.state & rtnl.NUD_VALID_FOR_OOB and entry.lladdr:
             neigh = Neighbour(hop, entry.lladdr, port, bool(entry.state & rtnl.NUD_PERMANENT))
             self.stack.frontcache.neighbours.learn(neigh)
@@ -519,19 +535,20 @@ class KernelBridge:
             return None                   # being resolved: wait
         if entry is not None and entry.state & (rtnl.NUD_STALE | rtnl.NUD_DELAY | rtnl.NUD_PROBE |
                                                 rtnl.NUD_FAILED):
-            rtnl.neigh_del(self.nl, hop, port.ifindex)     # EVL: stale -> NUD_NONE, then probe
-        rtnl.neigh_set(self.nl, hop, port.ifindex, rtnl.NUD_NONE, None, rtnl.NTF_USE)
+            rtnl.neigh_del(nl, hop, port.ifindex)     # EVL: stale -> NUD_NONE, then probe
+        rtnl.neigh_set(nl, hop, port.ifindex, rtnl.NUD_NONE, None, rtnl.NTF_USE)
         self.counters.solicit_kicks += 1
         return None
 
     def make_permanent(self, neigh: Neighbour) -> None:
         """``ip neigh replace <ip> lladdr <mac> nud permanent`` on the port's interface."""
         self._check_open()
-        rtnl.neigh_set(self.nl, neigh.address, neigh.port.ifindex, rtnl.NUD_PERMANENT, neigh.mac)
+        rtnl.neigh_set(self._rtnl(), neigh.address, neigh.port.ifindex, rtnl.NUD_PERMANENT,
+                       neigh.mac)
 
     def _sync_neighbours(self, port: "Port") -> None:
         try:
-            entries = rtnl.neigh_dump(self.nl, port.ifindex)
+            entries = rtnl.neigh_dump(self._rtnl(), port.ifindex)
         except OSError as exc:
             log.warning("%s: neighbour dump failed: %s", port.name, exc)
             return
@@ -574,8 +591,11 @@ class KernelBridge:
 
     # -- monitor (in-band daemon thread) --------------------------------------------------------
     def _monitor(self) -> None:
+        mon = self._mon
+        if mon is None:               # closed (and released) before this thread ran
+            return
         poller = select.poll()
-        poller.register(self._mon.fileno(), select.POLLIN)
+        poller.register(mon.fileno(), select.POLLIN)
         poller.register(self._stop_fd, select.POLLIN)
         next_tick = time.monotonic() + MONITOR_TICK
         while not self._closed:
@@ -584,7 +604,7 @@ class KernelBridge:
                 if any(fd == self._stop_fd for fd, _ in ready):
                     break
                 if ready:
-                    events = self._mon.read_events()
+                    events = mon.read_events()
                     if events is None:
                         self._resync()
                     else:
@@ -646,7 +666,7 @@ class KernelBridge:
         self._revalidate_routes()
 
     def _refresh_addresses(self, iface: Interface) -> None:
-        addrs = [Address(a, p) for a, p in rtnl.addr_dump(self.nl, iface.device.ifindex)]
+        addrs = [Address(a, p) for a, p in rtnl.addr_dump(self._rtnl(), iface.device.ifindex)]
         iface.addresses[:] = addrs
         port = self.stack.ports.get(iface.name)
         if port is not None and port.iface is iface:
@@ -666,7 +686,7 @@ class KernelBridge:
                 if iface.kind == "linux" and iface.device.ifindex == msg.ifindex \
                         and self.stack.ports.get(name) is None:
                     self.stack.interfaces.pop(name, None)
-                    iface.device.close()
+                    _device(iface).close()
 
     def _link_restored(self, port: "Port") -> None:
         """The link is back: what was kept while it was down is replaced by the kernel's view."""
@@ -717,7 +737,7 @@ class KernelBridge:
         for name, iface in list(self.stack.interfaces.items()):
             if iface.kind == "linux" and self.stack.ports.get(name) is None:
                 self.stack.interfaces.pop(name, None)
-                iface.device.close()
+                _device(iface).close()
         self._release()
         _bridges.discard(self)
 
@@ -748,7 +768,7 @@ class KernelBridge:
 
     def diversion_filters(self) -> list[tuple[int, tuple[int, int]]]:
         """evlnet's tc filters in this namespace: [(ifindex, (pid, start time))]."""
-        return dv.list_filters(self.nl)
+        return dv.list_filters(self._rtnl())
 
 
 def _union(a: dv.DiversionRule, b: dv.DiversionRule) -> dv.DiversionRule:

@@ -307,7 +307,7 @@ class RtnlSocket:
                             done = True
                     if done:
                         return out
-            except socket.timeout:
+            except TimeoutError:
                 raise oserror(errno.ETIMEDOUT, f"{what}: no answer from the kernel") from None
             finally:
                 try:
@@ -467,7 +467,7 @@ def clsact_del(nl: RtnlSocket, ifindex: int) -> None:
 
 def has_clsact(nl: RtnlSocket, ifindex: int) -> bool:
     body = _TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, 0, 0)
-    for mtype, mbody in nl.request(RTM_GETQDISC, NLM_F_DUMP, body, "qdisc dump"):
+    for _mtype, mbody in nl.request(RTM_GETQDISC, NLM_F_DUMP, body, "qdisc dump"):
         _fam, idx, _handle, parent, _info = _TCMSG.unpack_from(mbody, 0)
         a = parse_attrs(mbody, _TCMSG.size)
         if idx == ifindex and parent == TC_H_CLSACT and TCA_KIND in a \

@@ -36,6 +36,7 @@ class PacketProtocol(Protocol):
 
     def listen(self, sock: PacketSocket, ethertype: int) -> None:
         """*sock* receives *ethertype* frames (ETH_P_ALL: a copy of every frame)."""
+        assert self.stack is not None, "a packet socket exists only on a registered protocol"
         port = sock.bound_port
         ifindex = port.ifindex if port is not None else 0
         self.stack.core.listen_packet(ETH_P_ALL if ethertype == ETH_P_ALL else ethertype,
@@ -44,6 +45,7 @@ class PacketProtocol(Protocol):
 
     def unlisten(self, sock: PacketSocket) -> None:
         if sock in self.listeners:
+            assert self.stack is not None, "a packet socket exists only on a registered protocol"
             self.listeners.remove(sock)
             self.stack.core.unlisten_packet(sock._core)
 

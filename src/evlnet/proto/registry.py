@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import oserror
 
 if TYPE_CHECKING:
     from ..core.port import Port
     from ..core.stack import Stack
+
+_P = TypeVar("_P", bound="Protocol")
 
 #: Length of the Ethernet header in front of the frames handed to ``input_frame``.
 ETH_HLEN = 14
@@ -91,8 +93,9 @@ class ProtocolRegistry:
         self.by_ip_protocol: dict[int, Protocol] = {}
         self.socket_protocols: list[Protocol] = []
 
-    def register(self, proto: Protocol) -> Protocol:
-        """Add *proto* to the stack; raises EEXIST if its EtherType/IP protocol is taken."""
+    def register(self, proto: _P) -> _P:
+        """Add *proto* to the stack (returned as is); raises EEXIST if its EtherType/IP protocol
+        is taken."""
         if proto.ethertype is not None and (proto.ethertype in self.by_ethertype
                                             or proto.ethertype in BUILTIN_ETHERTYPES):
             raise oserror(errno.EEXIST, f"EtherType {proto.ethertype:#06x} already registered")
@@ -109,9 +112,9 @@ class ProtocolRegistry:
         return proto
 
     def unregister(self, proto: Protocol) -> None:
-        if self.by_ethertype.get(proto.ethertype) is proto:
+        if proto.ethertype is not None and self.by_ethertype.get(proto.ethertype) is proto:
             del self.by_ethertype[proto.ethertype]
-        if self.by_ip_protocol.get(proto.ip_protocol) is proto:
+        if proto.ip_protocol is not None and self.by_ip_protocol.get(proto.ip_protocol) is proto:
             del self.by_ip_protocol[proto.ip_protocol]
         if proto in self.socket_protocols:
             self.socket_protocols.remove(proto)

@@ -2,19 +2,29 @@
 from __future__ import annotations
 
 import errno
-from abc import ABC, abstractmethod
-import os
 import socket as _pysocket
 import struct
 import threading
 import time
-from collections import deque
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from ..constants import (EVL_SOF_TIMESTAMP_DEVICE, EVL_SOF_TIMESTAMP_QUEUING, EVL_SOF_TIMESTAMP_RX,
-                         EVL_SOF_TIMESTAMP_TX, EVL_SOF_TIMESTAMPS, MSG_DONTWAIT, MSG_TIMESTAMP,
-                         MSG_TRUNC, SO_TIMESTAMP_OOB, SOL_SOCKET)
 from .. import _core
+from ..constants import (
+    EVL_SOCKOPT_RECVSZ,
+    EVL_SOCKOPT_SENDSZ,
+    EVL_SOCKOPT_TIMESTAMPING,
+    EVL_SOF_TIMESTAMP_DEVICE,
+    EVL_SOF_TIMESTAMP_QUEUING,
+    EVL_SOF_TIMESTAMP_RX,
+    EVL_SOF_TIMESTAMP_TX,
+    EVL_SOF_TIMESTAMPS,
+    MSG_DONTWAIT,
+    MSG_TIMESTAMP,
+    MSG_TRUNC,
+    SO_TIMESTAMP_OOB,
+    SOL_SOCKET,
+)
 from ..core.timestamps import IOTIMES, IOTIMES_SIZE, IoTimes
 from ..errors import oserror
 
@@ -34,6 +44,22 @@ SO_DOMAIN = getattr(_pysocket, "SO_DOMAIN", 39)
 SO_PRIORITY = getattr(_pysocket, "SO_PRIORITY", 12)
 SO_ERROR = _pysocket.SO_ERROR
 SO_BUSY_POLL = getattr(_pysocket, "SO_BUSY_POLL", 46)
+SO_BROADCAST = _pysocket.SO_BROADCAST
+#: Standard options every oob socket accepts and keeps (as a genuine socket would), whatever
+#: the order of calls and whether or not it also has a kernel socket; the stack implements
+#: SO_BROADCAST (broadcast sends need it, EACCES otherwise, as Linux), IP_TOS and IP_TTL.
+STANDARD_OPTIONS = frozenset(
+    [(_pysocket.SOL_SOCKET, getattr(_pysocket, name)) for name in (
+        "SO_BROADCAST", "SO_KEEPALIVE", "SO_DONTROUTE", "SO_OOBINLINE", "SO_RCVLOWAT",
+        "SO_SNDLOWAT", "SO_MARK", "SO_DEBUG", "SO_TIMESTAMP", "SO_TIMESTAMPNS")
+     if hasattr(_pysocket, name)]
+    + [(_pysocket.IPPROTO_IP, getattr(_pysocket, name)) for name in (
+        "IP_RECVERR", "IP_PKTINFO", "IP_RECVTOS", "IP_RECVTTL", "IP_MULTICAST_TTL",
+        "IP_MULTICAST_LOOP", "IP_FREEBIND", "IP_BIND_ADDRESS_NO_PORT")
+       if hasattr(_pysocket, name)])
+#: EVL's oob option ids at SOL_SOCKET and the option each one stands for.
+EVL_OOB_OPTIONS = {EVL_SOCKOPT_RECVSZ: SO_RCVBUF, EVL_SOCKOPT_SENDSZ: SO_SNDBUF,
+                   EVL_SOCKOPT_TIMESTAMPING: SO_TIMESTAMP_OOB}
 # Linux: SOCK_MIN_RCVBUF = 2048 + sizeof(struct sk_buff) rounded; SOCK_MIN_SNDBUF = 2x that.
 SOCK_MIN_RCVBUF = 2304
 SOCK_MIN_SNDBUF = 4608
@@ -92,6 +118,9 @@ class OobSocket(ABC):
         self.busy_poll_us = stack.settings.busy_poll_us
         self.reuseaddr = False
         self.reuseport = False
+        self.broadcast = False
+        #: standard options kept for getsockopt (STANDARD_OPTIONS)
+        self._options: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()     # serialises in-band state changes (bind/connect/close)
         stack._register_socket(self)
 
@@ -294,8 +323,12 @@ class OobSocket(ABC):
 
     # -- options ------------------------------------------------------------------------------
     def oob_setsockopt(self, level: int, optname: int, value) -> None:
-        """EVL ``oob_setsockopt``: SO_TIMESTAMP_OOB, SO_RCVBUF and SO_SNDBUF at SOL_SOCKET."""
+        """EVL ``oob_setsockopt``: at SOL_SOCKET, SO_TIMESTAMP_OOB, SO_RCVBUF and SO_SNDBUF, and
+        EVL's ids EVL_SOCKOPT_RECVSZ / _SENDSZ / _TIMESTAMPING for the same three (EINVAL for
+        anything else, as EVL's oob ioctl)."""
         self._check_open()
+        if level == SOL_SOCKET:
+            optname = EVL_OOB_OPTIONS.get(optname, optname)
         if level == SOL_SOCKET and optname in (SO_TIMESTAMP_OOB, SO_RCVBUF, SO_SNDBUF):
             self._set_evl_option(optname, _int_value(value))
             return
@@ -304,6 +337,8 @@ class OobSocket(ABC):
     def oob_getsockopt(self, level: int, optname: int, buflen: int | None = None):
         """EVL ``oob_getsockopt``; returns an int (or bytes when *buflen* is given)."""
         self._check_open()
+        if level == SOL_SOCKET:
+            optname = EVL_OOB_OPTIONS.get(optname, optname)
         if level == SOL_SOCKET and optname in (SO_TIMESTAMP_OOB, SO_RCVBUF, SO_SNDBUF):
             value = self._get_evl_option(optname)
             return _int_result(value, buflen)
@@ -335,6 +370,11 @@ class OobSocket(ABC):
             return     # evlnet's own busy polling; the kernel socket keeps its setting
         elif level == SOL_SOCKET and optname == SO_PRIORITY:
             self.priority = _int_value(value)
+        elif level == SOL_SOCKET and optname == SO_BROADCAST:
+            self.broadcast = bool(_int_value(value))
+            self._options[(level, optname)] = int(self.broadcast)
+        elif (level, optname) in STANDARD_OPTIONS:
+            self._options[(level, optname)] = _int_value(value)
         elif not self._set_protocol_option(level, optname, value):
             if self._kernel is None:
                 raise oserror(errno.ENOPROTOOPT, f"option {level}/{optname} not supported")
@@ -357,6 +397,8 @@ class OobSocket(ABC):
             return name + b"\0" if buflen else name
         if level == SOL_SOCKET and optname in local:
             return _int_result(local[optname], buflen)
+        if (level, optname) in STANDARD_OPTIONS:
+            return _int_result(self._options.get((level, optname), 0), buflen)
         value = self._get_protocol_option(level, optname)
         if value is not None:
             return _int_result(value, buflen)

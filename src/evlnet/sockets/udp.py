@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import errno
 import socket as _pysocket
-import struct
 from typing import Any
 
-from ..constants import IPPROTO_UDP, UDP_MAX_PAYLOAD
+from ..constants import UDP_MAX_PAYLOAD
 from ..errors import oserror
 from ..proto.udp import UdpSlot, slot_key
 from .base import OobSocket
@@ -276,7 +275,11 @@ class UdpSocket(OobSocket):
         else:
             raise oserror(errno.EDESTADDRREQ, "no destination address (connect or pass one)")
         if total > UDP_MAX_PAYLOAD:
-            raise oserror(errno.EMSGSIZE, f"{total} bytes exceed the UDP maximum of {UDP_MAX_PAYLOAD}")
+            raise oserror(errno.EMSGSIZE,
+                          f"{total} bytes exceed the UDP maximum of {UDP_MAX_PAYLOAD}")
+        if dst in self.stack.broadcast_addrs and not self.broadcast:
+            raise oserror(errno.EACCES, f"{format_ip(dst)} is a broadcast address: set "
+                                        "SO_BROADCAST first (as Linux)")
         if self.local is None:
             with self._lock:
                 if self.local is None:

@@ -1,7 +1,19 @@
 """Test helpers: network-namespace harness (see :mod:`evlnet.testing.netns`)."""
 from .netns import (
-    ALLOWED_NETWORKS, NETNS_DIR, PREFIX, Namespace, VethEnd, VlanLink, check_address,
-    cleanup_leaked, in_netns, list_namespaces, netns, require_root, veth_pair, vlan,
+    ALLOWED_NETWORKS,
+    NETNS_DIR,
+    PREFIX,
+    Namespace,
+    VethEnd,
+    VlanLink,
+    check_address,
+    cleanup_leaked,
+    in_netns,
+    list_namespaces,
+    netns,
+    require_root,
+    veth_pair,
+    vlan,
     vlan_supported,
 )
 

@@ -33,10 +33,11 @@ import os
 import re
 import secrets
 import subprocess
-from .._netns import setns
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+
+from .._netns import setns
 
 __all__ = [
     "ALLOWED_NETWORKS", "PREFIX", "Namespace", "VethEnd", "VlanLink",
@@ -46,9 +47,10 @@ __all__ = [
 
 #: The only networks test traffic may use (RFC 5737 documentation ranges).
 ALLOWED_NETWORKS = tuple(
-    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+    ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 )
-#: Every namespace this harness creates starts with this; root-namespace links get alias "evlt:<pid>".
+#: Every namespace this harness creates starts with this; root-namespace links get alias
+#: "evlt:<pid>".
 PREFIX = "evlt-"
 ALIAS_PREFIX = "evlt:"
 NETNS_DIR = "/var/run/netns"
@@ -397,7 +399,8 @@ def in_netns(ns: Namespace | str | None) -> Iterator[Namespace | str | None]:
             try:
                 _setns(orig)
             except OSError as exc:  # the thread would be stranded in the wrong namespace
-                raise RuntimeError(f"could not restore the thread's network namespace: {exc}")
+                raise RuntimeError(
+                    f"could not restore the thread's network namespace: {exc}") from exc
     finally:
         os.close(orig)
 

@@ -10,14 +10,27 @@ import statistics
 import sys
 import threading
 import time
+from typing import Any, TextIO
 
-from .. import (AF_INET, EVL_NEIGH_PERMANENT, EVL_SOF_TIMESTAMPS, MSG_DONTWAIT, MSG_TIMESTAMP,
-                SO_TIMESTAMP_OOB, SOCK_DGRAM, SOCK_OOB, SOL_SOCKET, IoTimes, Stack, VirtualLink)
+from .. import (
+    AF_INET,
+    EVL_NEIGH_PERMANENT,
+    EVL_SOF_TIMESTAMPS,
+    MSG_DONTWAIT,
+    MSG_TIMESTAMP,
+    SO_TIMESTAMP_OOB,
+    SOCK_DGRAM,
+    SOCK_OOB,
+    SOL_SOCKET,
+    IoTimes,
+    Stack,
+    VirtualLink,
+)
 
 PORT = 59059   # latmus' UDP port
 
 
-def run(seconds: float = 3.0, size: int = 64, out=sys.stdout) -> dict:
+def run(seconds: float = 3.0, size: int = 64, out: TextIO = sys.stdout) -> dict[str, Any]:
     link = VirtualLink("vlink0", "vlink1")
     left, right = Stack("left"), Stack("right")
     try:
@@ -77,7 +90,7 @@ def run(seconds: float = 3.0, size: int = 64, out=sys.stdout) -> dict:
                 pass
         stop.set()
         t.join(2)
-        report = {"exchanges": len(rtts), "lost": lost}
+        report: dict[str, Any] = {"exchanges": len(rtts), "lost": lost}
         print(f"evlnet demo: {len(rtts)} oob UDP round trips of {size} bytes over the embedded "
               f"virtual link in {seconds:g} s ({lost} lost)", file=out)
         if rtts:
@@ -87,7 +100,8 @@ def run(seconds: float = 3.0, size: int = 64, out=sys.stdout) -> dict:
                   f"max {max(rtts):.1f}", file=out)
         if rx_user and tx_user:
             print(f"rx user (delivery-device, us): median {statistics.median(rx_user):.1f}  "
-                  f"tx user (device-delivery, us): median {statistics.median(tx_user):.1f}", file=out)
+                  f"tx user (device-delivery, us): median {statistics.median(tx_user):.1f}",
+                  file=out)
         for name, stack, port in (("vlink0", left, port_l), ("vlink1", right, port_r)):
             print(f"\n# evl net -Q -i {name}", file=out)
             print(stack.get_stats(port).format_query(), file=out)

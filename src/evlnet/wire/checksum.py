@@ -12,9 +12,9 @@ _FOLD = 0xFFFF
 def checksum_add(data, initial: int = 0) -> int:
     """Return the running one's complement sum of *data* added to *initial* (not inverted).
 
-    An odd-length buffer is padded with one zero byte at its end, as RFC 1071 requires. The result is
-    in 0..0xFFFF and may be fed back as *initial* to sum discontiguous pieces (each piece but the last
-    must have an even length).
+    An odd-length buffer is padded with one zero byte at its end, as RFC 1071 requires. The result
+    is in 0..0xFFFF and may be fed back as *initial* to sum discontiguous pieces (each piece but the
+    last must have an even length).
     """
     n = len(data)
     value = int.from_bytes(data, "big")

@@ -63,7 +63,8 @@ def is_multicast_mac(b: bytes) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class VlanTag:
-    """One VLAN tag: 12-bit VLAN id, 3-bit priority, drop-eligible bit and the TPID announcing it."""
+    """One VLAN tag: 12-bit VLAN id, 3-bit priority, drop-eligible bit and the TPID announcing
+    it."""
 
     vid: int
     pcp: int = 0

@@ -54,7 +54,8 @@ class UdpRepr:
         return cls(src_port, dst_port, length - UDP_HLEN)
 
     def emit(self, buf, offset: int, payload, src: int, dst: int) -> int:
-        """Write header and *payload* (``payload_len`` bytes) at *offset*; return the bytes written."""
+        """Write header and *payload* (``payload_len`` bytes) at *offset*; return the bytes
+        written."""
         length = UDP_HLEN + self.payload_len
         if len(payload) != self.payload_len:
             raise ValueError(f"payload is {len(payload)} bytes, repr says {self.payload_len}")
