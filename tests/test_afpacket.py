@@ -44,8 +44,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+from virtual_fixtures import wait_until
 
-from evlnet import _core
+from evlnet.datapath import _core
 from evlnet.drivers.afpacket import (
     ARPHRD_LOOPBACK,
     AfPacketDevice,
@@ -122,14 +123,6 @@ def counters(core: _core.AfPacket) -> dict[str, int]:
     return dict(core.counters())
 
 
-def wait_until(cond, timeout: float = 2.0) -> bool:
-    """Poll *cond* until true or *timeout* (a bound on the wait, never an assertion on time)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 def collect(core: _core.AfPacket, want: int, timeout: float = 3.0, port: int | None = PORT,

@@ -14,11 +14,25 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from virtual_fixtures import (  # noqa: F401
-    A_IP, B_IP, WireTap, make_pair, pair, raises_errno, stacks, wait_until,
+    A_IP,
+    B_IP,
+    WireTap,
+    make_pair,
+    pair,
+    raises_errno,
+    stacks,
+    wait_until,
 )
 
-from evlnet import (EVL_SOCKOPT_RECVSZ, EVL_SOCKOPT_SENDSZ, EVL_SOCKOPT_TIMESTAMPING,
-                    EVL_SOF_TIMESTAMPS, MSG_DONTWAIT, SO_TIMESTAMP_OOB, SOL_SOCKET)
+from evlnet import (
+    EVL_SOCKOPT_RECVSZ,
+    EVL_SOCKOPT_SENDSZ,
+    EVL_SOCKOPT_TIMESTAMPING,
+    EVL_SOF_TIMESTAMPS,
+    MSG_DONTWAIT,
+    SO_TIMESTAMP_OOB,
+    SOL_SOCKET,
+)
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "asyncio_echo.py"
 SOL_IP = pysocket.IPPROTO_IP

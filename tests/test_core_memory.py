@@ -74,7 +74,7 @@ def test_no_thread_left_and_pools_full_after_close_and_disable(make_pair):
     sa, sb = p.solicited_pair()
     tap = p.B.socket(AF_PACKET, SOCK_RAW | SOCK_OOB, pysocket.htons(ETH_P_ALL))
     unread = p.udp(p.B, (B_IP, 6001))
-    for i in range(20):                                     # left unread in both sockets
+    for _ in range(20):                                     # left unread in both sockets
         sa.oob_sendmsg([bytes(300)], address=(B_IP, 6001))
     big = bytes(5000)
     for _ in range(3):                                      # fragments, reassembled

@@ -61,8 +61,8 @@ def test_rx_icmp_and_timestamps_run_while_python_holds_the_gil():
             old = sys.getswitchinterval()
             sys.setswitchinterval(2.0)
             try:
-                ping = b.popen("ping", "-D", "-n", "-c", "5", "-i", "0.05", "-W", "2", "-w", "3",
-                               A_IP, stdout=subprocess.PIPE, text=True)
+                ping = b.popen("sh", "-c", f"sleep {TRAFFIC_DELAY_S}; exec ping -D -n -c 5 "
+                               f"-i 0.05 -W 2 -w 3 {A_IP}", stdout=subprocess.PIPE, text=True)
                 sender = b.popen(sys.executable, "-c", SENDER)
                 spinner = threading.Thread(target=spin, name="gil-hog")
                 spinner.start()

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+from virtual_fixtures import wait_until
 
 from evlnet.constants import EVL_NEIGH_MAYROUTE, EVL_NEIGH_PERMANENT, MSG_DONTWAIT, SOCK_OOB
 from evlnet.core.stack import Stack
@@ -61,13 +62,6 @@ def _no_leftover_namespaces():
 # helpers
 # --------------------------------------------------------------------------------------------
 
-def wait_until(cond, timeout: float = 2.0, step: float = 0.002) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def leftovers(ns: Namespace) -> list:

@@ -180,7 +180,8 @@ def frames(draw):
     elif kind == "tagged":
         pkt = Ether() / Dot1Q(vlan=draw(st.sampled_from([2, 42, 43]))) / IP(dst=dst) / UDP()
     else:
-        pkt = Ether() / Dot1Q(vlan=5) / Dot1Q(vlan=draw(st.sampled_from([2, 42, 43]))) / IP() / UDP()
+        inner = draw(st.sampled_from([2, 42, 43]))
+        pkt = Ether() / Dot1Q(vlan=5) / Dot1Q(vlan=inner) / IP() / UDP()
     return pkt, kind in ("tagged", "qinq")
 
 

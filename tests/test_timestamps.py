@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from virtual_fixtures import wait_until
 
 from evlnet import (
     AF_INET,
@@ -36,9 +37,9 @@ from evlnet import (
     IoTimes,
     Stack,
     VirtualLink,
-    _core,
 )
 from evlnet.core.timestamps import IOTIMES_SIZE
+from evlnet.datapath import _core
 
 
 def rx_stamping_count() -> int:
@@ -110,13 +111,6 @@ def collect(sock, count: int, timeout: float = 5.0) -> tuple[list[IoTimes], list
     return records, truncs
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def errno_of(fn, *args, **kw) -> int:
@@ -397,7 +391,8 @@ def test_tx_collect_as_many_as_fit(net):
     assert n == 6 * 24 and anc == [] and flags == 0
     times = [r.delivery_time for r in IoTimes.unpack_array(data + bytes(buf[:n]))]
     assert times == sorted(times) and all(times)
-    assert errno_of(sa.oob_recvmsg_into, [buf], 0, MSG_TIMESTAMP | MSG_DONTWAIT) == errno.EWOULDBLOCK
+    assert errno_of(sa.oob_recvmsg_into, [buf], 0,
+                    MSG_TIMESTAMP | MSG_DONTWAIT) == errno.EWOULDBLOCK
 
 
 def test_tx_records_straddle_buffers(net):
@@ -452,12 +447,13 @@ def test_tx_errors(net):
 
 
 def test_tx_overflow_reported_once(net):
-    sa, sb = net.sa, net.sb
+    sa = net.sa
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
     total = EVL_TX_TSRING_SIZE + 22
     for i in range(total):
         net.send(b"%d" % i)
-    assert wait_until(lambda: net.pa.stats().tx_packets >= total and sa._core.tx_records_dropped == 22)
+    assert wait_until(lambda: net.pa.stats().tx_packets >= total
+                      and sa._core.tx_records_dropped == 22)
     assert sa._core.tx_records == EVL_TX_TSRING_SIZE
     recs, truncs = [], []
     while True:                                   # drain in chunks of 16

@@ -340,7 +340,8 @@ class Runner(threading.Thread):
 
 
 __all__ = [
-    "A_IP", "B_IP", "G_IP", "NOBODY_IP", "Pair", "Runner", "Solo", "StackFactory", "TxGate", "WireTap",
-    "evlnet", "extra", "ip2int", "join_thread", "mac_str", "make_pair", "make_solo", "pair",
-    "os_thread_names", "raises_errno", "solo", "stack_threads", "stacks", "tx_gate", "unique", "wait_until",
+    "A_IP", "B_IP", "G_IP", "NOBODY_IP", "Pair", "Runner", "Solo", "StackFactory", "TxGate",
+    "WireTap", "evlnet", "extra", "ip2int", "join_thread", "mac_str", "make_pair", "make_solo",
+    "os_thread_names", "pair", "raises_errno", "solo", "stack_threads", "stacks", "tx_gate",
+    "unique", "wait_until",
 ]

@@ -24,9 +24,12 @@ from .core.stack import Stack, StackSettings
 from .core.stats import DevStat
 from .core.timestamps import IoTimes
 from .drivers.virtual import VirtualInterface, VirtualLink, VirtualVlan
+from .linux.bridge import KernelBridge
 from .proto.registry import Protocol
 
 __version__ = "0.2.0"
+
+Stack.kernel_bridge_factory = KernelBridge   # Linux ports: the kernel as in-band stage
 
 _default: Stack | None = None
 _default_lock = threading.Lock()

@@ -13,15 +13,15 @@ from __future__ import annotations
 import errno
 import os
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from .. import _core
+from ..datapath import _core
 from ..errors import oserror
 from .interface import Interface
 from .stats import DevStat
 
-if TYPE_CHECKING:
-    from .stack import Stack
+#: evlnet.core.stack.Stack: a layer above this module, so referred to, not imported.
+Stack = Any
 
 
 class PoolView:

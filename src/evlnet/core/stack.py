@@ -12,10 +12,10 @@ import socket as _pysocket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _core
 from ..constants import (
     AF_INET,
     EVL_DEFAULT_POOLSZ,
@@ -27,6 +27,8 @@ from ..constants import (
     PAGE_SIZE,
     SOCK_OOB,
 )
+from ..datapath import _core
+from ..drivers.afpacket import linux_interface_exists
 from ..drivers.base import Device
 from ..errors import oserror
 from ..proto.arp import ArpLayer
@@ -41,7 +43,8 @@ from .port import Port
 from .stats import DevStat
 
 log = logging.getLogger("evlnet.stack")
-_SOCK_FLAGS = SOCK_OOB | getattr(_pysocket, "SOCK_NONBLOCK", 0o4000) | getattr(_pysocket, "SOCK_CLOEXEC", 0o2000000)
+_SOCK_FLAGS = (SOCK_OOB | getattr(_pysocket, "SOCK_NONBLOCK", 0o4000)
+               | getattr(_pysocket, "SOCK_CLOEXEC", 0o2000000))
 _now = time.monotonic_ns
 BROADCAST_MAC = b"\xff" * 6
 #: demoted datagrams kept per unresolved next hop (Linux: neigh unres_qlen)
@@ -133,7 +136,8 @@ def parse_vlan_list(spec: str) -> set[int]:
             raise oserror(errno.EINVAL, f"bad VLAN range {part!r}")
         for vid in range(a, b + 1):
             if vid in (0, 1) or vid >= 4095:
-                raise oserror(errno.EINVAL, f"VLAN id {vid} cannot be used (0, 1, 4095 are reserved)")
+                raise oserror(errno.EINVAL,
+                              f"VLAN id {vid} cannot be used (0, 1, 4095 are reserved)")
             out.add(vid)
     return out
 
@@ -152,6 +156,10 @@ def format_vlan_list(vids: set[int]) -> str:
 
 class Stack:
     """An evlnet network stack."""
+
+    #: Makes the stack's kernel bridge (Linux ports): ``evlnet.linux.bridge.KernelBridge``,
+    #: installed by the ``evlnet`` package (the bridge is a layer above the stack).
+    kernel_bridge_factory: Callable[[Stack], Any] | None = None
 
     def __init__(self, name: str = "evlnet", **settings: Any) -> None:
         self.name = name
@@ -181,7 +189,8 @@ class Stack:
         self._unresolved: dict[int, list] = {}
         self.frontcache.neighbours.on_learn.append(self._neighbour_learnt)
         self.inband = InbandWorker(name, periodic=self._inband_tick)
-        self.kernel = None                 # the Linux bridge, made when a Linux port is enabled
+        #: the Linux bridge (a KernelBridge), made when a Linux port is enabled
+        self.kernel: Any = None
         self._sockets: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._lock = threading.RLock()     # in-band configuration changes
         self._closed = False
@@ -282,7 +291,6 @@ class Stack:
         iface = self.interfaces.get(ifname)
         if iface is not None:
             return iface
-        from ..linux import linux_interface_exists
         # a stack serves one network namespace: the bridge's once there is one
         exists = (self.kernel.interface_exists(ifname) if self.kernel is not None
                   else linux_interface_exists(ifname))
@@ -292,8 +300,9 @@ class Stack:
 
     def _kernel_bridge(self):
         if self.kernel is None:
-            from ..linux import KernelBridge
-            self.kernel = KernelBridge(self)
+            if Stack.kernel_bridge_factory is None:
+                raise oserror(errno.ENODEV, "Linux interfaces need evlnet.linux (import evlnet)")
+            self.kernel = Stack.kernel_bridge_factory(self)
         return self.kernel
 
     def is_local_address(self, ip: int) -> bool:
@@ -484,8 +493,10 @@ class Stack:
             route = Route(dst, port, 0, port.iface.primary_address)
             self.frontcache.routes.learn(route)
             return route
-        route = self._route_virtual(dst, bound_device, mayroute)
-        if route is None:
+        found = self._route_virtual(dst, bound_device, mayroute)
+        if found is not None:
+            route = found
+        else:
             if self.kernel is None:
                 raise oserror(errno.ENETUNREACH, f"no route to {_fmt(dst)}")
             route = self.kernel.resolve_route(dst, bound_device, mayroute)

@@ -29,8 +29,8 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .. import _core
 from .._netns import inside
+from ..datapath import _core
 from ..errors import oserror
 from .base import ARPHRD_ETHER, Device
 

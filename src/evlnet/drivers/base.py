@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
-    from .. import _core
+    from ..datapath import _core
 
     #: The core devices a port can be enabled on (what ``_core.Port`` accepts).
     CoreDevice: TypeAlias = _core.VirtualEnd | _core.VirtualVlan | _core.AfPacket

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterator
 
-from .. import _core
+from ..datapath import _core
 from ..errors import oserror
 from .base import Device
 

@@ -1,4 +1,7 @@
-"""Linux interfaces as oob ports: the kernel plays EVL's in-band stage (see bridge.py)."""
+"""Linux interfaces as oob ports: the kernel plays EVL's in-band stage (see bridge.py).
+
+``KernelBridge`` (``linux.bridge``) sits above the stack; the API layer (``evlnet``) hands it
+to ``Stack`` as the factory of its kernel bridge, so the stack never imports it."""
 from __future__ import annotations
 
 
@@ -20,9 +23,3 @@ def _if_nametoindex(ifname: str) -> int:
     import socket
     return socket.if_nametoindex(ifname)
 
-
-def __getattr__(name):
-    if name == "KernelBridge":
-        from .bridge import KernelBridge
-        return KernelBridge
-    raise AttributeError(name)

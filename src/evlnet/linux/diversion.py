@@ -47,7 +47,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from . import rtnl
+import evlnet.linux.rtnl as rtnl
 
 log = logging.getLogger("evlnet.linux.diversion")
 

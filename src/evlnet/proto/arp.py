@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..errors import oserror
 from .registry import ETH_HLEN
 
-if TYPE_CHECKING:
-    from ..core.port import Port
-    from ..core.stack import Stack
+#: evlnet.core.port.Port: a layer above this module, so referred to, not imported.
+Port = Any
+#: evlnet.core.stack.Stack: a layer above this module, so referred to, not imported.
+Stack = Any
+
 
 ARP_REQUEST = 1
 ARP_REPLY = 2

@@ -7,13 +7,11 @@ in the compiled core; listening here publishes to the core's table.
 from __future__ import annotations
 
 import socket as _pysocket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..constants import AF_PACKET, ETH_P_ALL, SOCK_RAW
+from ..sockets.packet import PacketSocket
 from .registry import Protocol
-
-if TYPE_CHECKING:
-    from ..sockets.packet import PacketSocket
 
 
 class PacketProtocol(Protocol):
@@ -31,7 +29,6 @@ class PacketProtocol(Protocol):
         return ethertype not in (0x8100, 0x88A8)   # VLAN tags are the stack's business
 
     def create_socket(self, family: int, sock_type: int, proto: int, flags: int) -> Any:
-        from ..sockets.packet import PacketSocket
         return PacketSocket(self.stack, family, sock_type, proto)
 
     def listen(self, sock: PacketSocket, ethertype: int) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import oserror
 
-if TYPE_CHECKING:
-    from ..core.port import Port
-    from ..core.stack import Stack
+#: evlnet.core.port.Port: a layer above this module, so referred to, not imported.
+Port = Any
+#: evlnet.core.stack.Stack: a layer above this module, so referred to, not imported.
+Stack = Any
+
 
 _P = TypeVar("_P", bound="Protocol")
 

@@ -4,27 +4,11 @@ The per-datagram work (checksums, demultiplexing to the socket queue, headers on
 compiled core; a binding made here is published to the core's demux table."""
 from __future__ import annotations
 
-from typing import Any
-
 from ..constants import AF_INET, IPPROTO_UDP, SOCK_DGRAM
+from ..sockets.udp import UdpSlot, UdpSocket, slot_key
 from .registry import Protocol
 
 EPHEMERAL_FIRST, EPHEMERAL_LAST = 32768, 60999
-
-
-def slot_key(addr: int, port: int) -> int:
-    """One int per (address, port): cheaper to hash than a tuple on every received datagram."""
-    return (port << 32) | addr
-
-
-class UdpSlot:
-    """A binding; several SO_REUSEPORT sockets share one slot and its queue (as EVL)."""
-
-    __slots__ = ("owners", "reuseport")
-
-    def __init__(self, owner: Any, reuseport: bool) -> None:
-        self.owners = [owner]
-        self.reuseport = reuseport
 
 
 class UdpProtocol(Protocol):
@@ -42,7 +26,6 @@ class UdpProtocol(Protocol):
         return proto in (0, IPPROTO_UDP)
 
     def create_socket(self, family, sock_type, proto, flags):
-        from ..sockets.udp import UdpSocket
         proto = proto or IPPROTO_UDP
         kernel = self.stack.kernel
         # with Linux ports an oob socket is primarily a genuine kernel socket (EVL)

@@ -7,9 +7,8 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .. import _core
 from ..constants import (
     EVL_SOCKOPT_RECVSZ,
     EVL_SOCKOPT_SENDSZ,
@@ -26,10 +25,12 @@ from ..constants import (
     SOL_SOCKET,
 )
 from ..core.timestamps import IOTIMES, IOTIMES_SIZE, IoTimes
+from ..datapath import _core
 from ..errors import oserror
 
-if TYPE_CHECKING:
-    from ..core.stack import Stack
+#: evlnet.core.stack.Stack: a layer above this module, so referred to, not imported.
+Stack = Any
+
 
 _now = time.monotonic_ns
 _INT = struct.Struct("i")
@@ -178,7 +179,8 @@ class OobSocket(ABC):
         return not self._nonblocking
 
     # -- subclass hooks -----------------------------------------------------------------------
-    def _unbind(self) -> None: ...
+    def _unbind(self) -> None:  # noqa: B027  (an optional hook: most sockets hold nothing)
+        """Release what the socket holds in the stack (bindings, listenings)."""
 
     @abstractmethod
     def _recv(self, target: bytearray, nonblock: bool,
@@ -248,7 +250,8 @@ class OobSocket(ABC):
         if type(flags) is not int:
             flags = int(flags)
         if flags & ~RECV_FLAGS:
-            raise oserror(errno.EINVAL, f"oob_recvmsg accepts MSG_DONTWAIT|MSG_TIMESTAMP, got {flags:#x}")
+            raise oserror(errno.EINVAL,
+                          f"oob_recvmsg accepts MSG_DONTWAIT|MSG_TIMESTAMP, got {flags:#x}")
         if ancbufsize < 0:
             raise oserror(errno.EINVAL, "negative control buffer size")
         if self._closed:
@@ -482,7 +485,8 @@ def _int_value(value) -> int:
     try:
         mv = memoryview(value)
     except TypeError:
-        raise oserror(errno.EINVAL, f"option value must be an int or bytes, not {type(value).__name__}")
+        raise oserror(errno.EINVAL, "option value must be an int or bytes, not "
+                                    f"{type(value).__name__}") from None
     if mv.nbytes < 4:
         raise oserror(errno.EINVAL, "option value shorter than an int")
     return _INT.unpack_from(mv)[0]

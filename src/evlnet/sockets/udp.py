@@ -7,8 +7,22 @@ from typing import Any
 
 from ..constants import UDP_MAX_PAYLOAD
 from ..errors import oserror
-from ..proto.udp import UdpSlot, slot_key
 from .base import OobSocket
+
+
+def slot_key(addr: int, port: int) -> int:
+    """One int per (address, port) binding."""
+    return (port << 32) | addr
+
+
+class UdpSlot:
+    """A binding; several SO_REUSEPORT sockets share one slot and its queue (as EVL)."""
+
+    __slots__ = ("owners", "reuseport")
+
+    def __init__(self, owner: Any, reuseport: bool) -> None:
+        self.owners = [owner]
+        self.reuseport = reuseport
 
 IP_TTL = _pysocket.IP_TTL
 IP_TOS = _pysocket.IP_TOS
@@ -163,11 +177,13 @@ class UdpSocket(OobSocket):
             return
         slot.owners.remove(self)
         self._slot = None
+        local = self.local
+        assert local is not None            # it has a slot: it is bound
         if not slot.owners:
-            key = slot_key(*self.local)
+            key = slot_key(*local)
             if self.stack.udp.slots.get(key) is slot:
                 del self.stack.udp.slots[key]
-                self.stack.core.bind_udp(self.local[0], self.local[1], None)
+                self.stack.core.bind_udp(local[0], local[1], None)
         else:
             # SO_REUSEPORT: the shared queue lives on with the other owners, who must not
             # see this socket's EBADF; this socket keeps a private queue.
@@ -265,7 +281,8 @@ class UdpSocket(OobSocket):
         return None
 
     # -- send -----------------------------------------------------------------------------------
-    def _send(self, views: list, total: int, address, nonblock: bool, deadline, delivery_time) -> int:
+    def _send(self, views: list, total: int, address, nonblock: bool, deadline,
+              delivery_time) -> int:
         if address is not None:
             dst, dport = parse_inet_address(address, "destination")
             if dst == 0 or dport == 0:
