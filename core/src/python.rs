@@ -204,10 +204,11 @@ impl PyStack {
     /// None. `kind` is "arp", "ethertype" (arg: the EtherType) or "ip" (arg: the protocol);
     /// `frame[offset:]` is the protocol's header.
     #[allow(clippy::type_complexity)]
-    fn next_event<'py>(&self, py: Python<'py>, timeout: f64) -> Option<InbandTuple<'py>> {
+    #[pyo3(signature = (timeout=None))]
+    fn next_event<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> Option<InbandTuple<'py>> {
         let core = Arc::clone(&self.core);
-        let ns = (timeout.max(0.0) * 1e9) as u64;
-        let ev = py.detach(move || core.next_inband(Some(ns)))?;
+        let ns = timeout.map(|t| (t.max(0.0) * 1e9) as u64);
+        let ev = py.detach(move || core.next_inband(ns))?;
         let (kind, arg) = match ev.kind {
             InbandKind::Arp => ("arp", 0),
             InbandKind::EtherType(t) => ("ethertype", t as u32),

@@ -38,7 +38,12 @@ class InbandWorker:
     evl_call_inband)."""
 
     def __init__(self, name: str, periodic: Callable[[], None] | None = None,
-                 period: float = 0.25) -> None:
+                 period: float = 0.25,
+                 periodic_needed: Callable[[], bool] | None = None) -> None:
+        """*periodic* runs every *period* seconds while *periodic_needed()* says so (always
+        when not given); otherwise the thread sleeps until a job is posted: an idle in-band
+        stage never wakes, so it never competes with spinning receivers for a CPU."""
+        self._periodic_needed = periodic_needed
         self._jobs: deque[tuple[Callable, tuple]] = deque()
         self._periodic = periodic
         self._period = period
@@ -64,7 +69,9 @@ class InbandWorker:
             except IndexError:
                 if not self._running:
                     break
-                self._bell.wait(self._period)
+                needed = self._periodic is not None and (
+                    self._periodic_needed is None or self._periodic_needed())
+                self._bell.wait(self._period if needed else None)
                 continue
             try:
                 fn(*args)

@@ -188,7 +188,8 @@ class Stack:
         #: arp_queue), next hop -> [(deadline, sock, payload, dst, dport)]
         self._unresolved: dict[int, list] = {}
         self.frontcache.neighbours.on_learn.append(self._neighbour_learnt)
-        self.inband = InbandWorker(name, periodic=self._inband_tick)
+        self.inband = InbandWorker(name, periodic=self._inband_tick,
+                                   periodic_needed=lambda: bool(self._unresolved))
         #: the Linux bridge (a KernelBridge), made when a Linux port is enabled
         self.kernel: Any = None
         self._sockets: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -203,6 +204,14 @@ class Stack:
         st = self.settings
         self.core.configure(st.icmp_echo_ignore_all, st.icmp_echo_ignore_broadcasts,
                             st.accept_multicast)
+        self._tables_changed()
+
+    def _tables_changed(self) -> None:
+        """What the ports accept changed (settings, protocols, packet listeners): Linux ports
+        recompute their diversion at once (rather than on a timer)."""
+        kernel = getattr(self, "kernel", None)
+        if kernel is not None:
+            kernel.refresh_diversion()
 
     def _publish_frontcache(self) -> None:
         """In-band: the front cache changed; publish a new snapshot to the core (serialised, so
@@ -230,7 +239,9 @@ class Stack:
         """``<stack>.events``: frames the core hands up (ARP to learn from, custom protocols).
         Never on the oob path: the core only queues them."""
         while not self._closed:
-            ev = self.core.next_event(0.25)
+            # no periodic wake-up: a thread that wakes while receivers spin can be preempted
+            # holding the GIL, which stalls them for a scheduler slice (close() wakes it)
+            ev = self.core.next_event()
             if ev is None:
                 continue
             port_id, kind, arg, offset, frame, src_addr, src_mac, dt, qt = ev
@@ -453,6 +464,7 @@ class Stack:
     def _publish_protocols(self) -> None:
         self.core.set_inband_protocols(sorted(self.protocols.by_ethertype),
                                        sorted(self.protocols.by_ip_protocol))
+        self._tables_changed()
 
     def _register_socket(self, sock) -> None:
         self._sockets.add(sock)

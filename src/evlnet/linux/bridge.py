@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("evlnet.linux")
 _now = time.monotonic_ns
 #: How often the monitor re-checks what has no notification (packet sockets, ICMP settings).
-MONITOR_TICK = 0.25
 #: Kernel ARP gives up after ~3 s (mcast_solicit x retrans_time); solicit re-kicks it at this pace.
 SOLICIT_RETRY_NS = 1_000_000_000
 #: Routes re-asked from the kernel one by one after a routing change; more are flushed.
@@ -597,10 +596,11 @@ class KernelBridge:
         poller = select.poll()
         poller.register(mon.fileno(), select.POLLIN)
         poller.register(self._stop_fd, select.POLLIN)
-        next_tick = time.monotonic() + MONITOR_TICK
         while not self._closed:
             try:
-                ready = poller.poll(MONITOR_TICK * 1000)
+                # no timer: what sends no netlink notification (packet sockets, custom
+                # protocols, settings) refreshes the diversion when it changes (Stack)
+                ready = poller.poll()
                 if any(fd == self._stop_fd for fd, _ in ready):
                     break
                 if ready:
@@ -610,9 +610,6 @@ class KernelBridge:
                     else:
                         for mtype, body in events:
                             self._event(mtype, body)
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + MONITOR_TICK
-                    self._tick()
             except Exception:   # the monitor must survive anything; it is the cache's only feed
                 if self._closed:
                     break
@@ -713,11 +710,6 @@ class KernelBridge:
                 pass
         self._purge_routes()
         self._refresh_diversion()
-
-    def _tick(self) -> None:
-        """Follow what sends no notification (packet sockets, custom protocols, settings)."""
-        if self._divert:
-            self._refresh_diversion()
 
     # -- lifetime -------------------------------------------------------------------------------
     def _check_open(self) -> None:

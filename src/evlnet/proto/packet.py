@@ -39,12 +39,14 @@ class PacketProtocol(Protocol):
         self.stack.core.listen_packet(ETH_P_ALL if ethertype == ETH_P_ALL else ethertype,
                                       ifindex, sock._core)
         self.listeners.append(sock)
+        self.stack._tables_changed()
 
     def unlisten(self, sock: PacketSocket) -> None:
         if sock in self.listeners:
             assert self.stack is not None, "a packet socket exists only on a registered protocol"
             self.listeners.remove(sock)
             self.stack.core.unlisten_packet(sock._core)
+            self.stack._tables_changed()
 
     @property
     def listening(self) -> bool:
