@@ -627,7 +627,8 @@ def test_faulty_custom_protocol_does_not_kill_the_port(solo):
                 / Raw(bytes(46)))
     solo.inject(_udp_frame(solo, b"still alive"))
     assert sb.oob_recvmsg(100, timeout=5)[0] == b"still alive"
-    assert wait_until(lambda: extra(solo.B, solo.pb)["rx_errors"] == 1)
+    assert wait_until(lambda: extra(solo.B, solo.pb)["inband_errors"] == 1)
+    assert extra(solo.B, solo.pb)["rx_inband"] == 1          # the core handed it up once
 
 
 def test_ipv4_options_are_skipped(solo):

@@ -996,8 +996,9 @@ impl PySocket {
             .core
             .port(port_id)
             .ok_or_else(|| oserr(libc::ENETDOWN, "no such port"))?;
+        // Not a frame in: the port's RX ledger does not count it; the caller (a custom
+        // protocol handler) counts what it could not deliver.
         let Some(mut b) = port.rx_pool.take() else {
-            port.counters.rx_nomem.fetch_add(1, Relaxed);
             return Ok(false);
         };
         if !b.fill(data) {
@@ -1013,11 +1014,7 @@ impl PySocket {
         if let Some(mac) = src_mac {
             b.meta.src_mac = mac_of(mac)?;
         }
-        if self.core.push(b, stack.core.rx_stamping()).is_err() {
-            port.counters.drop_for(crate::stats::DropReason::SockFull);
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.core.push(b, stack.core.rx_stamping()).is_ok())
     }
 
     /// Send a UDP datagram through the front cache (the oob fast path). Returns the bytes sent,

@@ -51,8 +51,13 @@ pub const MAX_UDP_PAYLOAD: usize = 65507;
 pub struct XorShift(u64);
 
 impl XorShift {
+    /// A generator from `seed` (0, which xorshift cannot leave, is replaced).
     pub fn new(seed: u64) -> Self {
-        XorShift(seed | 1)
+        XorShift(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     pub fn next_u64(&mut self) -> u64 {

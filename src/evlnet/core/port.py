@@ -93,8 +93,9 @@ class Port:
         self.iface_unicast: frozenset[int] = frozenset()
         self.refresh_addresses()
         self._fd = os.eventfd(0, os.EFD_CLOEXEC)
-        #: what the in-band stage counts for this port (custom protocol handlers)
-        self.inband_counters = {"rx_errors": 0, "rx_unknown_proto": 0}
+        #: what the in-band stage counts for frames the core handed up (already counted there as
+        #: rx_inband): handlers that failed, protocols unregistered meanwhile
+        self.inband_counters = {"inband_errors": 0, "inband_unknown_proto": 0}
         self.device.on_link_change = self._link_changed
 
     # -- handle -------------------------------------------------------------------------------

@@ -257,11 +257,11 @@ class Stack:
                 else:
                     proto = self.protocols.by_ip_protocol.get(arg)
                 if proto is None:          # unregistered meanwhile
-                    port.inband_counters["rx_unknown_proto"] += 1
+                    port.inband_counters["inband_unknown_proto"] += 1
                     continue
                 proto.input_frame(port, InbandPacket(frame, offset, src_addr, src_mac, dt, qt))
             except Exception:   # a faulty (custom) handler must not stop the in-band stage
-                port.inband_counters["rx_errors"] += 1
+                port.inband_counters["inband_errors"] += 1
                 log.exception("%s: in-band handler for %s failed", self.name, kind)
 
     # -- interfaces ---------------------------------------------------------------------------
