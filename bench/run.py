@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -179,6 +179,38 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     p.virtual = args.virtual
     p.virtual_round_trips = min(p.virtual_round_trips, p.round_trips)
     return args, p
+
+
+FIFO_PRIORITY = 50
+
+
+@contextmanager
+def fifo_workers(pids: list[int], priority: int = FIFO_PRIORITY):
+    """SCHED_FIFO for every thread of the worker processes (evlnet's core RX/TX threads
+    included) while the block runs, SCHED_OTHER again after: the "+burner" phase measures
+    each path as a real-time user would run it next to a CPU hog. A refused call is noted, the
+    phase still runs."""
+    changed: list[int] = []
+    refused: list[str] = []
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+                changed.append(tid)
+            except OSError as exc:
+                refused.append(f"{tid}: {exc.strerror}")
+    try:
+        yield refused
+    finally:
+        for tid in changed:
+            try:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
 
 
 def rotate(names: list, i: int) -> list:
@@ -487,6 +519,11 @@ class Suite:
                 if errs:
                     self.res.notes.append(f"{name} {kind}: thread errors: {'; '.join(errs)}")
 
+    def worker_pids(self) -> list[int]:
+        """Every worker process (all paths: the same treatment for each)."""
+        return [w.proc.pid for w in (*self.servers.values(), *self.clients.values())
+                if getattr(w, "proc", None) is not None]
+
     # -- everything ---------------------------------------------------------------------------
     def run(self) -> None:
         from _harness import cpu_burner, topology
@@ -499,7 +536,7 @@ class Suite:
                     self.scapy_rtt()
                 if not self.skipped("burner"):
                     limit = min(3600.0, 3 * idle_s + 120)
-                    with cpu_burner(p.burner_cpu, limit):
+                    with cpu_burner(p.burner_cpu, limit), fifo_workers(self.worker_pids()):
                         self.rtt_phase("burner", "rtt_burner")
                 else:
                     self.res.set_na("rtt_burner", "skipped (--skip burner)")
@@ -574,7 +611,8 @@ def describe(p: Params, res: Results) -> None:
     res.notes += [
         f"RTT: {p.round_trips:,} round trips per path and phase after {p.warmup} discarded, in "
         f"chunks of {p.chunk:,} alternating evlnet/kernel/raw; percentiles from HdrHistogram "
-        f"(3 digits). +burner: a process spinning on CPU {p.burner_cpu} during the phase "
+        f"(3 digits). +burner+FIFO: a process spinning on CPU {p.burner_cpu} during the phase, "
+        f"every thread of every worker (all paths) under SCHED_FIFO {FIFO_PRIORITY} "
         "(workers unpinned).",
         f"RX: trafgen (1 process{f' on CPU {p.trafgen_cpu}' if p.trafgen_cpu is not None else ''}"
         f") floods {p.size}-byte UDP datagrams for {p.rounds} x {p.window_s:g} s per path "
