@@ -96,8 +96,9 @@ class Stack:
     def rx_stamping_count() -> int:
         """The process-wide count of sockets with RX timestamping on."""
 
-    def next_event(self, timeout: float) -> _InbandEvent | None:
-        """The next event for the in-band stage, waiting up to *timeout* s (None if none came).
+    def next_event(self, timeout: float | None = None) -> _InbandEvent | None:
+        """The next event for the in-band stage, waiting up to *timeout* s (None: until one
+        comes or ``wake()``); None if none came.
 
         ``kind`` is ``"arp"``, ``"ethertype"`` (``arg``: the EtherType), ``"ip"`` (``arg``: the
         IP protocol), ``"link"`` (``arg``: 1 up, 0 down) or ``"vanished"``; ``frame[offset:]`` is
