@@ -25,8 +25,8 @@ HEADER = ("metric", "evlnet", "kernel", "evlnet/kernel", "target", "verdict", "r
           "scapy")
 ROWS = (
     "RTT p50 (us)", "RTT p99 (us)", "RTT p99.9 (us)", "RTT max (us)", "RTT round trips (lost)",
-    "RTT p50 +burner (us)", "RTT p99 +burner (us)", "RTT p99.9 +burner (us)",
-    "RTT max +burner (us)", "RTT round trips +burner (lost)",
+    "RTT p50 +burner+FIFO (us)", "RTT p99 +burner+FIFO (us)", "RTT p99.9 +burner+FIFO (us)",
+    "RTT max +burner+FIFO (us)", "RTT round trips +burner+FIFO (lost)",
     "RX delivered (dgram/s)", "RX offered (pkt/s)", "TX onto wire (dgram/s)",
     "alloc/packet (B)", "RSS (MiB)", "pools TX+RX, preallocated (MiB)", "RSS - pool (MiB)",
 )

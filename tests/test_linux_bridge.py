@@ -698,3 +698,27 @@ def test_no_tc_objects_survive_the_process(pair):
         [(os.getpid(), dv._START)]
     pair.stack.disable_port(port)
     assert leftovers(pair.a) == []
+
+
+def test_route_learnt_from_an_inband_ping_takes_the_fast_path(pair):
+    """EVL learns routes from the in-band side: once the kernel has routed and resolved a peer
+    through the oob port (here: a ping from A's own kernel), an oob send to it takes the fast
+    path without solicit."""
+    with KernelUdp(pair.b, B_IP, 7500, echo=False) as sink:
+        s = pair.oob_socket((A_IP, 7501))
+        with pytest.raises(OSError) as ei:                       # nothing known yet: demoted
+            s.oob_sendto(b"before", (B_IP, 7500), MSG_DONTWAIT)
+        assert ei.value.errno == errno.EINPROGRESS
+        assert wait_until(lambda: len(sink.received) == 1)       # it still arrived, in-band
+        pair.a.run("ping", "-c", "1", "-W", "2", B_IP)           # the kernel resolves B
+        assert wait_until(lambda: pair.stack.frontcache.routes.peek(_ip(B_IP)) is not None)
+        demoted = pair.stack.counters.tx_demoted
+        assert s.oob_sendto(b"fast", (B_IP, 7500), MSG_DONTWAIT) == 4      # no EINPROGRESS
+        assert pair.stack.counters.tx_demoted == demoted
+        assert wait_until(lambda: len(sink.received) == 2)
+        assert sink.received[1] == (b"fast", (A_IP, 7501))
+        assert pair.port.stats().tx_packets >= 1
+
+
+def _ip(text: str) -> int:
+    return int.from_bytes(socket.inet_aton(text), "big")

@@ -86,6 +86,8 @@ pub struct StackCore {
     pub settings: Settings,
     inband: ArrayQueue<InbandEvent>,
     inband_ready: EventFd,
+    /// Set by `wake_inband`: the next (or current) `next_inband` returns None once.
+    inband_wakeup: AtomicBool,
     /// Events lost because the in-band queue was full.
     pub inband_drops: AtomicU64,
 }
@@ -103,6 +105,7 @@ impl StackCore {
             settings: Settings::default(),
             inband: ArrayQueue::new(INBAND_QUEUE),
             inband_ready: EventFd::new()?,
+            inband_wakeup: AtomicBool::new(false),
             inband_drops: AtomicU64::new(0),
         };
         s.settings.icmp_echo_ignore_broadcasts.store(true, Relaxed);
@@ -159,6 +162,9 @@ impl StackCore {
             if let Some(ev) = self.inband.pop() {
                 return Some(ev);
             }
+            if self.inband_wakeup.swap(false, Relaxed) {
+                return None;
+            }
             self.inband_ready.clear();
             // A push between the pop and the clear would be lost without this second look.
             if let Some(ev) = self.inband.pop() {
@@ -172,6 +178,7 @@ impl StackCore {
 
     /// Wake the in-band reader (closing).
     pub fn wake_inband(&self) {
+        self.inband_wakeup.store(true, Relaxed);
         self.inband_ready.set();
     }
 

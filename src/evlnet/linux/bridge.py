@@ -639,6 +639,7 @@ class KernelBridge:
                 and len(msg.lladdr) == 6:
             cache.learn(Neighbour(msg.dst, msg.lladdr, port, bool(msg.state & rtnl.NUD_PERMANENT)))
             self.counters.neigh_learnt += 1
+            self._learn_on_link_route(port, msg.dst)
             return
         if not port.link_up:
             # the kernel flushes a downed link's neighbours; keeping ours until the link is back
@@ -648,6 +649,19 @@ class KernelBridge:
         if entry is not None and entry.port is port:
             cache.forget(msg.dst)
             self.counters.neigh_dropped += 1
+
+    def _learn_on_link_route(self, port: Port, dst: int) -> None:
+        """The kernel resolved *dst* on *port* (an in-band ping, a kernel socket, solicit):
+        learn the on-link route too, so oob sends to it take the fast path without solicit (EVL
+        learns routes from the in-band side)."""
+        routes = self.stack.frontcache.routes
+        if routes.peek(dst) is not None:
+            return
+        for a in port.iface.addresses:
+            if a.contains(dst) and dst != a.broadcast:
+                routes.learn(Route(dst, port, 0, a.address))
+                self.counters.route_updates += 1
+                return
 
     def _addr_event(self, ifindex: int) -> None:
         for iface in list(self.stack.interfaces.values()):
