@@ -48,7 +48,7 @@ class BeaconSocket(OobSocket):
     def _recv(self, target, nonblock, deadline):
         # the socket's queue lives in the core; its entries carry the sender's MAC
         n, length, _port, _proto, _pkttype, src_mac, dt, qt, delt = \
-            self._core.recv_frame_into(target, nonblock, deadline)
+            self.core_socket.recv_frame_into(target, nonblock, deadline)
         return n, length, (src_mac, self.channel), (dt, qt, delt)
 
     def _send(self, views, total, address, nonblock, deadline, delivery_time) -> int:
@@ -60,7 +60,7 @@ class BeaconSocket(OobSocket):
         if total + _HDR.size - 14 > port.mtu:
             raise oserror(errno.EMSGSIZE, "beacon larger than the MTU")
         frame = _HDR.pack(mac, port.mac, ETH_P_BEACON, channel) + b"".join(bytes(v) for v in views)
-        port.transmit_frame(frame, self._core, self.tsflags, nonblock, deadline)
+        port.transmit_frame(frame, self.core_socket, self.tsflags, nonblock, deadline)
         return total
 
 
@@ -90,7 +90,7 @@ class BeaconProtocol(evlnet.Protocol):
             return
         sock = self.channels.get((body[0] << 8) | body[1])
         # minimum-size frames are padded: the payload length is not carried, keep it as is
-        if sock is None or not sock._core.deliver(self.stack.core, port.id, body[2:],
+        if sock is None or not sock.core_socket.deliver(self.stack.core, port.id, body[2:],
                                                   src_mac=pkt.src_mac, protocol=ETH_P_BEACON):
             self.dropped += 1
 

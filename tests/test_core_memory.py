@@ -87,14 +87,14 @@ def test_no_thread_left_and_pools_full_after_close_and_disable(make_pair):
     raw.oob_sendmsg([bytes(Ether(dst=mac_str(p.link.b.mac), src=mac_str(p.link.a.mac)) / frag)],
                     address=(p.link.a.name, ETH_P_ALL))
     assert wait_until(lambda: p.pb.reassembly.pending == 1)
-    assert wait_until(lambda: len(unread._core) == 20)
+    assert wait_until(lambda: len(unread.core_socket) == 20)
     assert p.pb.rx_pool.free < p.pb.rx_pool.total           # buffers are held right now
 
     p.B.disable_port(p.pb)                                  # B: disable with sockets still open
     assert p.pb.rx_pool.free == p.pb.rx_pool.total
     assert p.pb.tx_pool.free == p.pb.tx_pool.total
     assert p.pb.reassembly.pending == 0
-    with_unread = [s for s in (unread, tap) if len(s._core)]
+    with_unread = [s for s in (unread, tap) if len(s.core_socket)]
     assert not with_unread
     assert not stack_threads(p.link.b.name)
     p.B.close()

@@ -210,7 +210,7 @@ def test_setting_the_option_resets_the_ring(net, setter):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
     for i in range(5):
         net.send(b"%d" % i)
-    assert wait_until(lambda: sa._core.tx_records == 5)
+    assert wait_until(lambda: sa.core_socket.tx_records == 5)
     getattr(sa, setter)(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)   # same value: reset
     assert errno_of(sa.oob_recvmsg, 240, 0, MSG_TIMESTAMP | MSG_DONTWAIT) == errno.EWOULDBLOCK
     net.send(b"after")
@@ -223,7 +223,7 @@ def test_reset_also_forgets_an_overflow(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     for i in range(EVL_TX_TSRING_SIZE + 3):
         net.send(b"%d" % i)
-    assert wait_until(lambda: sa._core.tx_records_dropped == 3)
+    assert wait_until(lambda: sa.core_socket.tx_records_dropped == 3)
     sa.oob_setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     net.send(b"x")
     recs, truncs = collect(sa, 1)
@@ -303,7 +303,7 @@ def test_rx_datagram_queued_before_stamping_has_no_stamps(net):
     assert rx_stamping_count() == 0, "a socket of another test still has RX stamping on"
     sb = net.sb
     net.send(b"early")
-    assert wait_until(lambda: len(sb._core))
+    assert wait_until(lambda: len(sb.core_socket))
     sb.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
     data, anc, _, _ = sb.oob_recvmsg(100, 24, timeout=5)
     assert data == b"early" and anc == []          # EVL: msg_controllen set to 0
@@ -318,7 +318,7 @@ def test_rx_short_control_buffer_einval(net, ancbufsize):
     sb = net.sb
     sb.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, RX)
     net.send(b"keep me")
-    assert wait_until(lambda: len(sb._core))
+    assert wait_until(lambda: len(sb.core_socket))
     assert errno_of(sb.oob_recvmsg, 100, ancbufsize, timeout=5) == errno.EINVAL
     assert errno_of(sb.oob_recvmsg_into, [bytearray(100)], ancbufsize) == errno.EINVAL
     # the datagram was not consumed by the failed calls
@@ -366,7 +366,7 @@ def test_tx_points_per_mask(net, mask):
     if not mask & TX:
         assert errno_of(sa.oob_recvmsg, 24, 0, MSG_TIMESTAMP | MSG_DONTWAIT) == errno.EINVAL
         assert errno_of(sa.oob_recvmsg, 24, 0, MSG_TIMESTAMP) == errno.EINVAL
-        assert sa._core.tx_records == 0
+        assert sa.core_socket.tx_records == 0
         return
     data, anc, flags, addr = sa.oob_recvmsg(24 * 16, 0, MSG_TIMESTAMP, timeout=5)
     assert len(data) == 24 and anc == [] and flags == 0 and addr is None
@@ -383,7 +383,7 @@ def test_tx_collect_as_many_as_fit(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     for i in range(10):
         net.send(b"%d" % i)
-    assert wait_until(lambda: sa._core.tx_records == 10)
+    assert wait_until(lambda: sa.core_socket.tx_records == 10)
     data, _, flags, _ = sa.oob_recvmsg(24 * 4 + 23, 0, MSG_TIMESTAMP)   # room for 4
     assert len(data) == 96 and flags == 0
     buf = bytearray(24 * 16)
@@ -400,7 +400,7 @@ def test_tx_records_straddle_buffers(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
     net.send(b"a")
     net.send(b"b")
-    assert wait_until(lambda: sa._core.tx_records == 2)
+    assert wait_until(lambda: sa.core_socket.tx_records == 2)
     parts = [bytearray(10), bytearray(30), bytearray(9)]      # 49 bytes: room for 2 records
     n, _, _, _ = sa.oob_recvmsg_into(parts, 0, MSG_TIMESTAMP)
     assert n == 48
@@ -420,14 +420,14 @@ def test_tx_errors(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     # less room than one record, even with records queued
     net.send(b"x")
-    assert wait_until(lambda: sa._core.tx_records == 1)
+    assert wait_until(lambda: sa.core_socket.tx_records == 1)
     for size in (0, 1, 23):
         assert errno_of(sa.oob_recvmsg, size, 0, MSG_TIMESTAMP) == errno.EINVAL
     assert errno_of(sa.oob_recvmsg_into, [bytearray(12), bytearray(11)], 0,
                     MSG_TIMESTAMP) == errno.EINVAL
     assert errno_of(sa.oob_recvmsg_into, [], 0, MSG_TIMESTAMP) == errno.EINVAL
     assert errno_of(sa.oob_collect_tx_timestamps, 0) == errno.EINVAL
-    assert sa._core.tx_records == 1
+    assert sa.core_socket.tx_records == 1
     assert len(sa.oob_collect_tx_timestamps(4, MSG_DONTWAIT)[0]) == 1
     # nothing there: EWOULDBLOCK with MSG_DONTWAIT or a non-blocking socket, ETIMEDOUT with a
     # timeout (relative or EVL's absolute form)
@@ -453,8 +453,8 @@ def test_tx_overflow_reported_once(net):
     for i in range(total):
         net.send(b"%d" % i)
     assert wait_until(lambda: net.pa.stats().tx_packets >= total
-                      and sa._core.tx_records_dropped == 22)
-    assert sa._core.tx_records == EVL_TX_TSRING_SIZE
+                      and sa.core_socket.tx_records_dropped == 22)
+    assert sa.core_socket.tx_records == EVL_TX_TSRING_SIZE
     recs, truncs = [], []
     while True:                                   # drain in chunks of 16
         try:
@@ -471,10 +471,10 @@ def test_tx_overflow_reported_once(net):
     recs, truncs = collect(sa, 1)
     assert truncs == [False]
     # the binary form reports it too
-    dropped = sa._core.tx_records_dropped
+    dropped = sa.core_socket.tx_records_dropped
     for i in range(EVL_TX_TSRING_SIZE + 1):
         net.send(b"%d" % i)
-    assert wait_until(lambda: sa._core.tx_records_dropped == dropped + 1)
+    assert wait_until(lambda: sa.core_socket.tx_records_dropped == dropped + 1)
     data, _, flags, _ = sa.oob_recvmsg(24 * 200, 0, MSG_TIMESTAMP)
     assert len(data) == 24 * EVL_TX_TSRING_SIZE and flags == MSG_TRUNC
     net.send(b"more")
@@ -506,7 +506,7 @@ def test_blocking_collection_woken_by_a_transmit(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
     c = Collector(sa.oob_recvmsg, 24 * 16, 0, MSG_TIMESTAMP)        # no timeout: wait forever
     c.start()
-    assert wait_until(lambda: sa._core.waiters == 1), "collector did not block"
+    assert wait_until(lambda: sa.core_socket.waiters == 1), "collector did not block"
     assert c.is_alive()
     sender = threading.Thread(target=net.send, args=(b"wake",))
     sender.start()
@@ -523,7 +523,7 @@ def test_blocking_collection_with_deadline_woken_by_a_transmit(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX | DEV)
     c = Collector(sa.oob_collect_tx_timestamps, 4, timeout=30)
     c.start()
-    assert wait_until(lambda: sa._core.waiters == 1)
+    assert wait_until(lambda: sa.core_socket.waiters == 1)
     net.send(b"wake")
     c.finish()
     assert c.error is None, c.error
@@ -537,7 +537,7 @@ def test_close_wakes_every_blocked_collector(net):
     collectors = [Collector(sa.oob_recvmsg, 24, 0, MSG_TIMESTAMP) for _ in range(3)]
     for c in collectors:
         c.start()
-    assert wait_until(lambda: sa._core.waiters == 3)
+    assert wait_until(lambda: sa.core_socket.waiters == 3)
     sa.close()
     for c in collectors:
         c.finish()
@@ -549,7 +549,7 @@ def test_turning_tx_off_wakes_a_blocked_collector(net):
     sa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX)
     c = Collector(sa.oob_collect_tx_timestamps, 1)
     c.start()
-    assert wait_until(lambda: sa._core.waiters == 1)
+    assert wait_until(lambda: sa.core_socket.waiters == 1)
     sa.oob_setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, RX)
     c.finish()
     assert isinstance(c.error, OSError) and c.error.errno == errno.EINVAL
@@ -561,7 +561,7 @@ def test_two_collectors_share_the_records(net):
     collectors = [Collector(sa.oob_collect_tx_timestamps, 1, timeout=10) for _ in range(2)]
     for c in collectors:
         c.start()
-    assert wait_until(lambda: sa._core.waiters == 2)
+    assert wait_until(lambda: sa.core_socket.waiters == 2)
     net.send(b"1")
     net.send(b"2")
     got = []
@@ -622,13 +622,13 @@ def test_packet_blocking_collection_woken_and_closed(net):
     pa.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, TX | QUE)
     c = Collector(pa.oob_collect_tx_timestamps, 2)
     c.start()
-    assert wait_until(lambda: pa._core.waiters == 1)
+    assert wait_until(lambda: pa.core_socket.waiters == 1)
     pa.oob_sendmsg([net.frame()])
     c.finish()
     assert c.error is None and len(c.result[0]) == 1 and c.result[0][0].device_time == 0
     c = Collector(pa.oob_collect_tx_timestamps, 2)
     c.start()
-    assert wait_until(lambda: pa._core.waiters == 1)
+    assert wait_until(lambda: pa.core_socket.waiters == 1)
     pa.close()
     c.finish()
     assert c.error.errno == errno.EBADF

@@ -39,7 +39,7 @@ def default_stack() -> Stack:
     """The process-wide stack the module-level functions use (made on first use)."""
     global _default
     with _default_lock:
-        if _default is None or _default._closed:
+        if _default is None or _default.closed:
             _default = Stack("evlnet")
         return _default
 

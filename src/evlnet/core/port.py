@@ -135,7 +135,7 @@ class Port:
         self.iface_unicast = frozenset(a.address for a in self.iface.addresses)
         unicast = [a.address for a in self.iface.addresses]
         self.core.set_addresses(unicast, sorted(self.local_addrs))
-        self.stack._refresh_broadcasts()
+        self.stack.refresh_broadcasts()
 
     # -- TX from the in-band stage ------------------------------------------------------------
     def check_sendable(self) -> None:
@@ -155,14 +155,14 @@ class Port:
         stack = self.stack
         if up is None:   # the interface disappeared: disable the port from the in-band stage
             self.core.set_link(False)
-            stack.inband.post(stack._interface_vanished, self)
-            stack._wake_receivers(self, errno.ENETDOWN)
+            stack.inband.post(stack.interface_vanished, self)
+            stack.wake_receivers(self, errno.ENETDOWN)
             return
         self.core.set_link(bool(up))
         if up:
-            stack._port_back_up(self)   # receivers woken with ENETDOWN may wait again
+            stack.port_back_up(self)   # receivers woken with ENETDOWN may wait again
         else:
-            stack._wake_receivers(self, errno.ENETDOWN)
+            stack.wake_receivers(self, errno.ENETDOWN)
 
     # -- teardown -----------------------------------------------------------------------------
     def shutdown(self, drain_timeout: float = 5.0) -> None:

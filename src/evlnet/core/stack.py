@@ -204,9 +204,9 @@ class Stack:
         st = self.settings
         self.core.configure(st.icmp_echo_ignore_all, st.icmp_echo_ignore_broadcasts,
                             st.accept_multicast)
-        self._tables_changed()
+        self.tables_changed()
 
-    def _tables_changed(self) -> None:
+    def tables_changed(self) -> None:
         """What the ports accept changed (settings, protocols, packet listeners): Linux ports
         recompute their diversion at once (rather than on a timer)."""
         kernel = getattr(self, "kernel", None)
@@ -223,7 +223,7 @@ class Stack:
             neighbours = [(n.address, n.mac) for n in fc.neighbours]
             self.core.publish_frontcache(routes, neighbours)
 
-    def _refresh_broadcasts(self) -> None:
+    def refresh_broadcasts(self) -> None:
         """The broadcast addresses of the enabled ports (limited and directed), for the
         SO_BROADCAST check on sends."""
         out = {0xFFFFFFFF}
@@ -357,7 +357,7 @@ class Stack:
             port = Port(self, iface, port_id, poolsz, size, self.settings.rx_poolsz)
             self.ports[ifname] = port
             self._ports_by_id[port_id] = port
-            self._refresh_broadcasts()
+            self.refresh_broadcasts()
             if self.kernel is not None and iface.kind == "linux":
                 try:
                     self.kernel.port_enabled(port)
@@ -366,7 +366,7 @@ class Stack:
                     port.shutdown()
                     raise
             for sock in list(self._sockets):
-                sock._port_up()
+                sock.port_up()
             return port
 
     def open_port(self, ifname: str) -> Port:
@@ -394,15 +394,15 @@ class Stack:
         with self._lock:
             port = self._port_of(port)
             del self.ports[port.name]
-            self._refresh_broadcasts()
+            self.refresh_broadcasts()
             # Neighbours go; routes stay as tombstones pointing at the disabled port, so that
             # senders get ENETDOWN rather than a silent demotion (dropped on re-enable/flush).
             self.frontcache.neighbours.purge_port(port)
             port.shutdown()
             self._publish_frontcache()          # routes through it are tombstones now
-            self._wake_receivers(port, errno.ENETDOWN)
+            self.wake_receivers(port, errno.ENETDOWN)
             for sock in list(self._sockets):
-                sock._purge(port)
+                sock.purge_queue(port)
             if self.kernel is not None and port.iface.kind == "linux":
                 self.kernel.port_disabled(port)
 
@@ -410,14 +410,14 @@ class Stack:
         """The port's statistics (EVL ``evl_net_query_dev``); EBADF if not a port."""
         return self._port_of(port).stats()
 
-    def _interface_vanished(self, port: Port) -> None:
+    def interface_vanished(self, port: Port) -> None:
         if self.ports.get(port.name) is port:
             self.disable_port(port)
         self.frontcache.purge_port(port)        # EVL: NETDEV_GOING_DOWN purges routes too
         if port.iface.kind == "linux":
             self.interfaces.pop(port.name, None)
 
-    def _wake_receivers(self, port: Port, err: int) -> None:
+    def wake_receivers(self, port: Port, err: int) -> None:
         """Wake sockets whose traffic depends on *port* with *err* (ENETDOWN)."""
         others = [p for p in self.ports.values() if p is not port and p.enabled and p.link_up]
         for sock in list(self._sockets):
@@ -428,9 +428,9 @@ class Stack:
                     continue
                 if not addr and others:
                     continue
-            sock._port_down(port, err)
+            sock.port_down(port, err)
 
-    def _port_back_up(self, port: Port) -> None:
+    def port_back_up(self, port: Port) -> None:
         """*port*'s link came back: clear the ENETDOWN left on the sockets it had woken."""
         for sock in list(self._sockets):
             local = getattr(sock, "local", None)
@@ -438,7 +438,7 @@ class Stack:
                 continue
             if getattr(sock, "bound_port", None) not in (None, port):
                 continue
-            sock._port_up()
+            sock.port_up()
 
     # -- sockets ------------------------------------------------------------------------------
     def socket(self, family: int, type: int, proto: int = 0):
@@ -458,18 +458,18 @@ class Stack:
         """Add a custom protocol (by EtherType or IPv4 protocol number) with its sockets. Its
         frames go up from the core to ``proto.input_frame`` on the in-band stage."""
         self.protocols.register(proto)
-        self._publish_protocols()
+        self.publish_protocols()
         return proto
 
-    def _publish_protocols(self) -> None:
+    def publish_protocols(self) -> None:
         self.core.set_inband_protocols(sorted(self.protocols.by_ethertype),
                                        sorted(self.protocols.by_ip_protocol))
-        self._tables_changed()
+        self.tables_changed()
 
-    def _register_socket(self, sock) -> None:
+    def register_socket(self, sock) -> None:
         self._sockets.add(sock)
 
-    def _unregister_socket(self, sock) -> None:
+    def unregister_socket(self, sock) -> None:
         self._sockets.discard(sock)
         if self.kernel is not None:
             self.kernel.socket_closed(sock)
@@ -698,6 +698,11 @@ class Stack:
         return format_vlan_list(set(self.vlans))
 
     # -- lifetime -----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise oserror(errno.ESHUTDOWN, f"stack {self.name} is closed")

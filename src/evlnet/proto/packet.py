@@ -37,16 +37,16 @@ class PacketProtocol(Protocol):
         port = sock.bound_port
         ifindex = port.ifindex if port is not None else 0
         self.stack.core.listen_packet(ETH_P_ALL if ethertype == ETH_P_ALL else ethertype,
-                                      ifindex, sock._core)
+                                      ifindex, sock.core_socket)
         self.listeners.append(sock)
-        self.stack._tables_changed()
+        self.stack.tables_changed()
 
     def unlisten(self, sock: PacketSocket) -> None:
         if sock in self.listeners:
             assert self.stack is not None, "a packet socket exists only on a registered protocol"
             self.listeners.remove(sock)
-            self.stack.core.unlisten_packet(sock._core)
-            self.stack._tables_changed()
+            self.stack.core.unlisten_packet(sock.core_socket)
+            self.stack.tables_changed()
 
     @property
     def listening(self) -> bool:

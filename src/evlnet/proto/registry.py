@@ -73,7 +73,7 @@ class Protocol:
 
     def input_frame(self, port: "Port", pkt: InbandPacket) -> None:
         """In-band: one received packet of this protocol (see ``InbandPacket``). Deliver it to
-        a socket (``sock._core.deliver``) or drop it; an exception is counted in the port's
+        a socket (``sock.core_socket.deliver``) or drop it; an exception is counted in the port's
         ``rx_errors``. The default drops it."""
 
     def create_socket(self, family: int, sock_type: int, proto: int, flags: int) -> Any:
@@ -120,7 +120,7 @@ class ProtocolRegistry:
             del self.by_ip_protocol[proto.ip_protocol]
         if proto in self.socket_protocols:
             self.socket_protocols.remove(proto)
-        self.stack._publish_protocols()       # the core stops handing its frames up
+        self.stack.publish_protocols()       # the core stops handing its frames up
 
     def find_socket_protocol(self, family: int, sock_type: int, proto: int) -> Protocol:
         """EVL's ``sock_oob_attach`` lookup: EAFNOSUPPORT / ESOCKTNOSUPPORT / EPROTONOSUPPORT."""

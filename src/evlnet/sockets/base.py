@@ -107,8 +107,9 @@ class OobSocket(ABC):
         self.type = sock_type
         self.proto = proto
         self._kernel = kernel_sock
-        #: the core half: receive queue, TX timestamp ring, readiness fd, TX settings
-        self._core = _core.Socket(stack.core)
+        #: the core half (``evlnet.datapath._core.Socket``): receive queue, TX timestamp ring,
+        #: readiness fd, TX settings; protocols deliver into it and ports stamp TX records in it
+        self.core_socket = _core.Socket(stack.core)
         self._closed = False
         self._nonblocking = False
         self.rcvbuf = DEFAULT_BUF
@@ -123,14 +124,14 @@ class OobSocket(ABC):
         #: standard options kept for getsockopt (STANDARD_OPTIONS)
         self._options: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()     # serialises in-band state changes (bind/connect/close)
-        stack._register_socket(self)
+        stack.register_socket(self)
 
     # -- file-like ----------------------------------------------------------------------------
     def fileno(self) -> int:
         """The readiness descriptor: readable while a datagram (or, with TX timestamping, a TX
         record) is queued, so ``select``, ``selectors`` and asyncio's ``add_reader`` work; -1
         once closed."""
-        return -1 if self._closed else self._core.fileno()
+        return -1 if self._closed else self.core_socket.fileno()
 
     def kernel_fileno(self) -> int:
         """The genuine kernel socket's descriptor (oob sockets of a stack with Linux ports are
@@ -145,9 +146,9 @@ class OobSocket(ABC):
             self._closed = True
             _rx_stamping_update(self.tsflags, 0)
         self._unbind()
-        self.stack._unregister_socket(self)
-        self._core.error = errno.EBADF     # blocked receivers and collectors get EBADF
-        self._core.purge()
+        self.stack.unregister_socket(self)
+        self.core_socket.error = errno.EBADF     # blocked receivers and collectors get EBADF
+        self.core_socket.purge()
         if self._kernel is not None:
             self._kernel.close()
 
@@ -303,7 +304,7 @@ class OobSocket(ABC):
             raise oserror(errno.EINVAL, f"buffer holds less than one {IOTIMES_SIZE}-byte record")
         if self._closed:
             raise oserror(errno.EBADF, "socket is closed")
-        n, truncated = self._core.collect_tx(out, nonblock, deadline)
+        n, truncated = self.core_socket.collect_tx(out, nonblock, deadline)
         if views is not None:
             _scatter(out, n, views)
         return n, [], _TRUNC if truncated else 0, None
@@ -425,7 +426,7 @@ class OobSocket(ABC):
                     raise oserror(errno.EBADF, "socket is closed")
                 _rx_stamping_update(self.tsflags, value)
                 # EVL: setting the option installs a fresh ring (a full reset)
-                self._core.tsflags = value
+                self.core_socket.tsflags = value
                 self.tsflags = value
             return
         if value < 0:
@@ -433,7 +434,7 @@ class OobSocket(ABC):
         value = min(value, 0x7FFFFFFF // 2)
         if optname == SO_RCVBUF:           # Linux/EVL: doubled, with a floor
             self.rcvbuf = max(2 * value, SOCK_MIN_RCVBUF)
-            self._core.rcvbuf = self.rcvbuf
+            self.core_socket.rcvbuf = self.rcvbuf
         else:
             self.sndbuf = max(2 * value, SOCK_MIN_SNDBUF)
 
@@ -442,18 +443,18 @@ class OobSocket(ABC):
                 SO_SNDBUF: self.sndbuf}[optname]
 
     # -- port events --------------------------------------------------------------------------
-    def _port_down(self, port: Any, err: int) -> None:
+    def port_down(self, port: Any, err: int) -> None:
         """A port this socket depends on went down: wake blocked receivers with *err*."""
         if not self._closed:
-            self._core.error = err
+            self.core_socket.error = err
 
-    def _port_up(self) -> None:
+    def port_up(self) -> None:
         if not self._closed:
-            self._core.error = 0
+            self.core_socket.error = 0
 
-    def _purge(self, port: Any = None) -> None:
+    def purge_queue(self, port: Any = None) -> None:
         """Free queued datagrams (a disabled port's buffers go back to its pool)."""
-        self._core.purge()
+        self.core_socket.purge()
 
 
 def _rx_stamping_update(old_flags: int, new_flags: int) -> None:

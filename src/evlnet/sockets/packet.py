@@ -55,13 +55,13 @@ class PacketSocket(OobSocket):
     def _unbind(self) -> None:
         self.stack.packet.unlisten(self)
 
-    def _port_down(self, port, err: int) -> None:
+    def port_down(self, port, err: int) -> None:
         if self.bound_port is None or self.bound_port is port:
-            super()._port_down(port, err)
+            super().port_down(port, err)
 
     def _recv(self, target, nonblock, deadline):
         n, length, port_id, protocol, pkttype, src_mac, dt, qt, delt = \
-            self._core.recv_frame_into(target, nonblock, deadline, self.busy_poll_us)
+            self.core_socket.recv_frame_into(target, nonblock, deadline, self.busy_poll_us)
         port = self.stack.port_by_id(port_id)
         if port is None:
             name = ""
@@ -85,5 +85,5 @@ class PacketSocket(OobSocket):
         if total - ETH_HLEN > port.mtu:
             raise oserror(errno.EMSGSIZE, f"frame of {total} bytes exceeds the MTU of {port.name}")
         data = views[0] if len(views) == 1 else b"".join(bytes(v) for v in views)
-        port.core.transmit(data, self._core, self.tsflags, delivery_time, nonblock, deadline)
+        port.core.transmit(data, self.core_socket, self.tsflags, delivery_time, nonblock, deadline)
         return total

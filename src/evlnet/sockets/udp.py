@@ -122,15 +122,15 @@ class UdpSocket(OobSocket):
             raise oserror(errno.EADDRINUSE, "no ephemeral port free in the kernel")
         if slot is not None:
             slot.owners.append(self)
-            self._core.share_queue_of(slot.owners[0]._core)   # SO_REUSEPORT: one queue
+            self.core_socket.share_queue_of(slot.owners[0].core_socket)   # SO_REUSEPORT: one queue
         else:
             slot = UdpSlot(self, self.reuseport)
             udp.slots[key] = slot
-            stack.core.bind_udp(addr, port, self._core)     # the RX path delivers here now
+            stack.core.bind_udp(addr, port, self.core_socket)     # the RX path delivers here now
         self._slot = slot
         self.local = (addr, port)
-        self._core.local_addr = addr
-        self._core.local_port = port
+        self.core_socket.local_addr = addr
+        self.core_socket.local_port = port
 
     def _check_wildcard_overlap(self, udp, addr: int, port: int) -> None:
         """Linux (and so EVL, whose in-band bind runs first): INADDR_ANY:port and addr:port
@@ -187,10 +187,10 @@ class UdpSocket(OobSocket):
         else:
             # SO_REUSEPORT: the shared queue lives on with the other owners, who must not
             # see this socket's EBADF; this socket keeps a private queue.
-            self._core.private_queue()
+            self.core_socket.private_queue()
 
     def _recv(self, target, nonblock, deadline):
-        n, length, addr, port, dt, qt, delt = self._core.recv_into(
+        n, length, addr, port, dt, qt, delt = self.core_socket.recv_into(
             target, nonblock, deadline, self.busy_poll_us)
         text = _ip_str_cache.get(addr)
         if text is None:
@@ -261,15 +261,15 @@ class UdpSocket(OobSocket):
             if not 1 <= v <= 255 and v != -1:
                 raise oserror(errno.EINVAL, f"bad TTL {v}")
             self.ttl = 64 if v == -1 else v
-            self._core.ttl = self.ttl
+            self.core_socket.ttl = self.ttl
             return True
         if level == IPPROTO_IP and optname == IP_TOS:
             self.tos = _int_value(value) & 0xFF
-            self._core.tos = self.tos
+            self.core_socket.tos = self.tos
             return True
         if level == IPPROTO_IP and optname == IP_MTU_DISCOVER:
             self.dont_fragment = _int_value(value) == IP_PMTUDISC_DO
-            self._core.dont_fragment = self.dont_fragment
+            self.core_socket.dont_fragment = self.dont_fragment
             return True
         return False
 
@@ -305,7 +305,7 @@ class UdpSocket(OobSocket):
             data = views[0]
         else:
             data = b"".join(bytes(v) for v in views)
-        n = self._core.sendto(dst, dport, data, self.tsflags, nonblock, deadline)
+        n = self.core_socket.sendto(dst, dport, data, self.tsflags, nonblock, deadline)
         if n >= 0:
             return n
         # Front-cache miss: demote to the in-band stage (EVL's offload path).
@@ -315,5 +315,5 @@ class UdpSocket(OobSocket):
                       nonblock: bool, deadline, delivery_time: int) -> int:
         """In-band: send once route and neighbour are known (demoted datagrams)."""
         data = views[0] if len(views) == 1 else b"".join(bytes(v) for v in views)
-        return self._core.send_resolved(route.port.core, dst_mac, route.source, dst, dport, data,
-                                        self.tsflags, nonblock, deadline)
+        return self.core_socket.send_resolved(route.port.core, dst_mac, route.source, dst,
+                                              dport, data, self.tsflags, nonblock, deadline)
