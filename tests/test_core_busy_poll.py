@@ -38,7 +38,7 @@ def test_busy_poller_receives_while_rx_thread_sleeps(make_pair, monkeypatch):
 
 
 def test_without_busy_poll_a_sleeping_rx_thread_delivers_nothing(make_pair, monkeypatch):
-    p = make_pair()
+    p = make_pair(b_settings={"rx_wait_in_device": False})
     sa, sb = p.solicited_pair()
     release = park_rx_thread(p.pb, monkeypatch)
     sa.oob_sendmsg([b"late"], address=(B_IP, 6000))
@@ -48,6 +48,22 @@ def test_without_busy_poll_a_sleeping_rx_thread_delivers_nothing(make_pair, monk
         sb.setsockopt(SOL_SOCKET, SO_BUSY_POLL, 100_000)
         sb.oob_recvmsg(100, flags=MSG_DONTWAIT)
     release.set()
+
+
+def test_a_blocked_receiver_waits_in_the_device(make_pair, monkeypatch):
+    """With rx_wait_in_device (the default) a blocked receiver runs the RX processing itself
+    when a frame comes: it receives even with the RX thread parked, and the datagram is not
+    late (it was processed by the receiver, not by a thread that never runs)."""
+    p = make_pair()
+    sa, sb = p.solicited_pair()
+    release = park_rx_thread(p.pb, monkeypatch)
+    try:
+        for i in range(20):
+            sa.oob_sendmsg([b"direct %d" % i], address=(B_IP, 6000))
+            assert sb.oob_recvmsg(100, timeout=5)[0] == b"direct %d" % i
+        assert p.pb.core.rx_thread_parked                     # nobody else consumed them
+    finally:
+        release.set()
 
 
 def test_rx_thread_and_busy_poller_keep_order_exactly_once(make_pair):

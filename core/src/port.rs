@@ -389,6 +389,22 @@ impl Port {
         self.tx_direct
     }
 
+    /// A blocked receiver waits in the device for up to `timeout_ns` and processes what comes
+    /// (see `python::wait_in_device`); None when another consumer holds the device.
+    pub fn wait_rx(&self, timeout_ns: u64) -> Option<usize> {
+        if !self.running.load(Acquire) {
+            return Some(0);
+        }
+        let _guard = self.rx_lock.try_lock().ok()?;
+        Some(
+            self.device
+                .receive(RX_BATCH, Some(timeout_ns), &mut |buf| {
+                    crate::rx::process(self, buf)
+                })
+                .unwrap_or(0),
+        )
+    }
+
     pub fn busy_poll_enter(&self) {
         self.busy_pollers.fetch_add(1, AcqRel);
     }

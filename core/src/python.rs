@@ -87,13 +87,17 @@ impl PyStack {
     }
 
     /// Stack-wide switches.
+    #[pyo3(signature = (icmp_echo_ignore_all, icmp_echo_ignore_broadcasts, accept_multicast,
+                        rx_wait_in_device=true))]
     fn configure(
         &self,
         icmp_echo_ignore_all: bool,
         icmp_echo_ignore_broadcasts: bool,
         accept_multicast: bool,
+        rx_wait_in_device: bool,
     ) {
         let s = &self.core.settings;
+        s.rx_wait_in_device.store(rx_wait_in_device, Relaxed);
         s.icmp_echo_ignore_all.store(icmp_echo_ignore_all, Relaxed);
         s.icmp_echo_ignore_broadcasts
             .store(icmp_echo_ignore_broadcasts, Relaxed);
@@ -814,13 +818,14 @@ impl PySocket {
                 }
             }
             let core = Arc::clone(&self.core);
-            let ports = if busy_poll_us > 0 {
+            let in_device = self.stack.settings.rx_wait_in_device.load(Relaxed);
+            let ports = if busy_poll_us > 0 || in_device {
                 self.stack.ports()
             } else {
                 Vec::new()
             };
             let end = py.detach(move || {
-                if !ports.is_empty() {
+                if busy_poll_us > 0 && !ports.is_empty() {
                     // Busy poll (SO_BUSY_POLL): this thread runs the ports' RX processing and
                     // their RX threads park meanwhile; registered only while spinning, so a
                     // receiver that goes to sleep never keeps an RX thread parked.
@@ -839,6 +844,9 @@ impl PySocket {
                         return WaitEnd::Ready;
                     }
                 }
+                if in_device && ports.len() == 1 {
+                    return wait_in_device(&core, &ports[0], deadline_ns);
+                }
                 core.wait(deadline_ns)
             });
             if end == WaitEnd::TimedOut && self.core.is_empty() {
@@ -847,6 +855,34 @@ impl PySocket {
             py.check_signals()?;
         }
     }
+}
+
+/// A blocked receiver waits in the port's device itself and runs the RX processing when a frame
+/// comes (the RX thread parks meanwhile, as for busy polling): one thread wake-up per datagram
+/// instead of two (RX thread, then receiver). When another consumer holds the device, it waits
+/// on its socket briefly and tries again.
+fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>) -> WaitEnd {
+    const SLICE_NS: u64 = 100_000_000;
+    port.busy_poll_enter();
+    let end = loop {
+        if !core.is_empty() || core.error() != 0 {
+            break WaitEnd::Ready;
+        }
+        let now = monotonic_ns();
+        let slice = match deadline_ns {
+            Some(d) if now >= d => break WaitEnd::TimedOut,
+            Some(d) => (d - now).min(SLICE_NS),
+            None => SLICE_NS,
+        };
+        if port.wait_rx(slice).is_none() {
+            // the RX thread (or another receiver) holds the device: make the RX thread notice
+            // that a receiver now waits, and take what it delivers meanwhile
+            port.device.wake();
+            core.wait(Some(monotonic_ns() + 1_000_000.min(slice)));
+        }
+    };
+    port.busy_poll_exit();
+    end
 }
 
 #[pymethods]

@@ -75,6 +75,8 @@ pub struct Settings {
     pub icmp_echo_ignore_all: AtomicBool,
     pub icmp_echo_ignore_broadcasts: AtomicBool,
     pub accept_multicast: AtomicBool,
+    /// Blocked receivers wait in the device themselves (one wake-up per datagram).
+    pub rx_wait_in_device: AtomicBool,
 }
 
 /// The shared half of one stack.

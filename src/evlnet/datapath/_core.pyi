@@ -61,9 +61,10 @@ class Stack:
 
     def configure(
         self, icmp_echo_ignore_all: bool, icmp_echo_ignore_broadcasts: bool,
-        accept_multicast: bool,
+        accept_multicast: bool, rx_wait_in_device: bool = True,
     ) -> None:
-        """Set the stack-wide switches the RX path reads (ICMP echo answering, multicast)."""
+        """Set the stack-wide switches the RX path reads (ICMP echo answering, multicast, and
+        whether blocked receivers wait in the device themselves)."""
 
     def publish_frontcache(
         self, routes: Sequence[tuple[int, int, int, int, bool]],
