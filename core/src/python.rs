@@ -844,7 +844,9 @@ impl PySocket {
                         return WaitEnd::Ready;
                     }
                 }
-                if in_device && ports.len() == 1 {
+                // only on devices the oob threads drive themselves (the virtual link): on
+                // AF_PACKET it cost RX throughput under a flood (bench/ANALYSIS.md)
+                if in_device && ports.len() == 1 && ports[0].device.oob_capable() {
                     return wait_in_device(&core, &ports[0], deadline_ns);
                 }
                 core.wait(deadline_ns)
