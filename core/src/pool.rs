@@ -47,6 +47,7 @@ pub struct Pool {
 // `PacketBuf` at a time (the free queue hands every index out once), so no two threads ever
 // access the same bytes. Everything else in `Pool` is Sync on its own.
 unsafe impl Sync for Pool {}
+// SAFETY: sending a Pool moves only owned data (the slab, the queue, atomics, a mutex).
 unsafe impl Send for Pool {}
 
 /// Why a blocking `take_wait` gave up.
@@ -215,11 +216,6 @@ impl PacketBuf {
         self.start = 0;
         self.end = bytes.len();
         true
-    }
-
-    /// Whether this buffer came from `pool`.
-    pub fn belongs_to(&self, pool: &Arc<Pool>) -> bool {
-        Arc::ptr_eq(&self.pool, pool)
     }
 }
 

@@ -11,7 +11,7 @@
 //! processing themselves while the RX thread parks (Linux's prefer-busy-poll).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 
 use crate::device::Device;
 use crate::doorbell::Doorbell;
+use crate::ipv4::IdentGen;
 use crate::pool::{PacketBuf, Pool};
 use crate::qdisc::{make_qdisc, Qdisc};
 use crate::reassembly::Reassembler;
@@ -82,7 +83,7 @@ pub struct Port {
     pub addrs: ArcSwap<Addresses>,
     pub reasm: Mutex<Reassembler>,
     qdisc: Box<dyn Qdisc<TxItem>>,
-    ident: AtomicU16,
+    ident: IdentGen,
     enabled: AtomicBool,
     link_up: AtomicBool,
     running: AtomicBool,
@@ -137,7 +138,7 @@ impl Port {
                 cfg.ipfrag_time_ns,
             )),
             qdisc,
-            ident: AtomicU16::new((monotonic_ns() & 0xFFFF) as u16),
+            ident: IdentGen::new((monotonic_ns() & 0xFFFF) as u16),
             enabled: AtomicBool::new(true),
             link_up: AtomicBool::new(device.is_up()),
             running: AtomicBool::new(true),
@@ -199,7 +200,7 @@ impl Port {
 
     /// The next IPv4 identification.
     pub fn next_ident(&self) -> u16 {
-        self.ident.fetch_add(1, Relaxed)
+        self.ident.next_ident()
     }
 
     /// ENETDOWN unless the port can send.
@@ -477,6 +478,13 @@ impl Port {
             .any(|t| !t.is_finished())
     }
 
+    /// Counters by name, the device's included (diagnostics: the fuzz harness prints them).
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let mut out = self.counters.snapshot();
+        out.extend(self.device.counters().snapshot());
+        out
+    }
+
     /// Real-time levers for the port's RX and TX threads: pin them to `cpus` (when given) and
     /// run them under SCHED_FIFO at `fifo_priority` (when given). Returns, per thread and lever,
     /// what happened; a refused lever (EPERM, EINVAL) is reported, never fatal.
@@ -501,13 +509,6 @@ impl Port {
                 out.push((thread, "sched_fifo", set_fifo(tid, prio)));
             }
         }
-        out
-    }
-
-    /// Counters by name, the device's included.
-    pub fn stats(&self) -> Vec<(&'static str, u64)> {
-        let mut out = self.counters.snapshot();
-        out.extend(self.device.counters().snapshot());
         out
     }
 }

@@ -58,15 +58,23 @@ fn copy_out(py: Python<'_>, target: &Bound<'_, PyAny>, src: &[u8]) -> PyResult<u
     Ok(n)
 }
 
-/// Payload bytes of a Python object: bytes zero-copy, anything else through the buffer
-/// protocol into `scratch`.
+/// Payload bytes of a Python object, without a copy: bytes directly, anything else (bytearray,
+/// memoryview, array) through the buffer protocol. `f` reads the bytes only with the GIL held:
+/// it may release the GIL to wait for a TX buffer, but copies the payload after taking it back.
 fn with_payload<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
     if let Ok(b) = data.cast::<PyBytes>() {
         return Ok(f(b.as_bytes()));
     }
     let buf = PyBuffer::<u8>::get(data)?;
-    let bytes = buf.to_vec(data.py())?;
-    Ok(f(&bytes))
+    if !buf.is_c_contiguous() {
+        return Ok(f(&buf.to_vec(data.py())?));
+    }
+    // SAFETY: `buf` keeps the exporter's memory alive and unresizable (a bytearray refuses to
+    // resize while exported) for as long as it lives, which outlasts `f`; the region is
+    // `len_bytes()` contiguous bytes. Python code can only write it with the GIL, and `f` only
+    // reads it with the GIL held (see above), so the read never races a writer.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+    Ok(f(bytes))
 }
 
 // -- stack -------------------------------------------------------------------------------------

@@ -233,6 +233,7 @@ struct Ring {
 // the kernel and we both write) and raw volatile reads / copies for the rest, never references
 // to bytes the kernel may write.
 unsafe impl Send for Ring {}
+// SAFETY: as for Send: shared access goes only through the methods above (atomics, volatile).
 unsafe impl Sync for Ring {}
 
 impl Ring {

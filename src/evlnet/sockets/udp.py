@@ -78,9 +78,6 @@ class UdpSocket(OobSocket):
         self.local: tuple[int, int] | None = None       # bound (addr, port)
         self.remote: tuple[int, int] | None = None      # connected (addr, port)
         self._slot: UdpSlot | None = None
-        self.ttl = 64
-        self.tos = 0
-        self.dont_fragment = False
 
     # -- addressing ---------------------------------------------------------------------------
     def bind(self, address) -> None:
@@ -260,24 +257,21 @@ class UdpSocket(OobSocket):
             v = _int_value(value)
             if not 1 <= v <= 255 and v != -1:
                 raise oserror(errno.EINVAL, f"bad TTL {v}")
-            self.ttl = 64 if v == -1 else v
-            self.core_socket.ttl = self.ttl
+            self.core_socket.ttl = 64 if v == -1 else v
             return True
         if level == IPPROTO_IP and optname == IP_TOS:
-            self.tos = _int_value(value) & 0xFF
-            self.core_socket.tos = self.tos
+            self.core_socket.tos = _int_value(value) & 0xFF
             return True
         if level == IPPROTO_IP and optname == IP_MTU_DISCOVER:
-            self.dont_fragment = _int_value(value) == IP_PMTUDISC_DO
-            self.core_socket.dont_fragment = self.dont_fragment
+            self.core_socket.dont_fragment = _int_value(value) == IP_PMTUDISC_DO
             return True
         return False
 
     def _get_protocol_option(self, level, optname):
         if level == IPPROTO_IP and optname == IP_TTL:
-            return self.ttl
+            return self.core_socket.ttl
         if level == IPPROTO_IP and optname == IP_TOS:
-            return self.tos
+            return self.core_socket.tos
         return None
 
     # -- send -----------------------------------------------------------------------------------
