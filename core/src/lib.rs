@@ -10,6 +10,7 @@ pub mod device;
 pub mod doorbell;
 pub mod ethernet;
 pub mod eventfd;
+pub mod filter;
 pub mod frontcache;
 pub mod icmp;
 pub mod ipv4;
@@ -17,6 +18,8 @@ pub mod pool;
 pub mod port;
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_filter;
 pub mod qdisc;
 pub mod reassembly;
 pub mod rx;

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering:
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::device::Device;
 use crate::doorbell::Doorbell;
+use crate::filter::vm::VmFilter;
 use crate::ipv4::IdentGen;
 use crate::pool::{PacketBuf, Pool};
 use crate::qdisc::{make_qdisc, Qdisc};
@@ -82,6 +83,9 @@ pub struct Port {
     pub stack: Arc<StackCore>,
     pub addrs: ArcSwap<Addresses>,
     pub reasm: Mutex<Reassembler>,
+    /// The eBPF RX filter run in user space (virtual links; Linux ports while the kernel
+    /// cannot run it). Swapped whole by the control plane; the RX path reads it lock-free.
+    pub filter: ArcSwapOption<VmFilter>,
     qdisc: Box<dyn Qdisc<TxItem>>,
     ident: IdentGen,
     enabled: AtomicBool,
@@ -137,6 +141,7 @@ impl Port {
                 cfg.ipfrag_max_datagrams,
                 cfg.ipfrag_time_ns,
             )),
+            filter: ArcSwapOption::empty(),
             qdisc,
             ident: IdentGen::new((monotonic_ns() & 0xFFFF) as u16),
             enabled: AtomicBool::new(true),

@@ -227,6 +227,7 @@ impl PyStack {
             InbandKind::IpProtocol(p) => ("ip", p as u32),
             InbandKind::Link(up) => ("link", up as u32),
             InbandKind::Vanished => ("vanished", 0),
+            InbandKind::Skipped => ("skipped", 0),
         };
         let b = ev.buf.as_ref();
         Some((
@@ -393,7 +394,7 @@ fn virtual_link(name_a: &str, name_b: &str, mtu: usize) -> (PyVirtualEnd, PyVirt
 /// A Linux interface through an AF_PACKET TPACKET_V2 ring (made in the caller's netns).
 #[pyclass(module = "evlnet._core", name = "AfPacket", frozen)]
 pub struct PyAfPacket {
-    dev: Arc<AfPacket>,
+    pub(crate) dev: Arc<AfPacket>,
     /// The RX pool of a driver test (`attach`); a port brings its own.
     test_pool: std::sync::Mutex<Option<Arc<crate::pool::Pool>>>,
 }
@@ -531,7 +532,7 @@ impl PyAfPacket {
 /// An enabled port (the core's RX/TX threads, pools, qdisc and counters).
 #[pyclass(module = "evlnet._core", name = "Port", frozen)]
 pub struct PyPort {
-    port: Arc<Port>,
+    pub(crate) port: Arc<Port>,
 }
 
 #[pymethods]
@@ -1273,6 +1274,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAfPacket>()?;
     m.add_function(wrap_pyfunction!(virtual_link, m)?)?;
     m.add_function(wrap_pyfunction!(monotonic_ns_py, m)?)?;
+    crate::python_filter::register(m)?;
     Ok(())
 }
 

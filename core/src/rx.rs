@@ -7,7 +7,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::arp;
-use crate::ethernet::{self, L2Info, L2Port};
+use crate::ethernet::{
+    self, L2Info, L2Port, PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST,
+};
+use crate::filter::vm::VmFilter;
+use crate::filter::Verdict;
 use crate::icmp::{self, EchoPolicy};
 use crate::ipv4::{self, FragPlan, PortAddrs};
 use crate::pool::PacketBuf;
@@ -17,7 +21,7 @@ use crate::stack::{udp_key, Demux, InbandKind};
 use crate::stats::{DropReason, PortCounters};
 use crate::timestamps::monotonic_ns;
 use crate::udp;
-use crate::wire::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP};
+use crate::wire::{ETH_HLEN, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP};
 
 /// Process one received frame (`buf.payload()` is the whole frame).
 pub fn process(port: &Port, mut buf: PacketBuf) {
@@ -26,8 +30,48 @@ pub fn process(port: &Port, mut buf: PacketBuf) {
     PortCounters::bump(&c.rx_packets);
     c.rx_bytes.fetch_add(buf.len() as u64, Relaxed);
     buf.meta.port_id = port.id as u32;
+    if let Some(filter) = port.filter.load().as_deref() {
+        match filter_verdict(port, filter, buf.payload()) {
+            Verdict::Accept => {}
+            Verdict::Skip => {
+                PortCounters::bump(&c.rx_filter_skipped);
+                port.post_inband(buf, InbandKind::Skipped, 0);
+                return;
+            }
+            Verdict::Drop => return c.drop_for(DropReason::FilterDrop),
+            _ => return c.drop_for(DropReason::FilterInvalid),
+        }
+    }
     if let Err(reason) = input(port, buf) {
         c.drop_for(reason);
+    }
+}
+
+/// EVL's verdict on a frame (`Vlan` resolved by the VLAN rule: ACCEPT when it is IPv4 tagged
+/// with a VID of the stack's set, SKIP otherwise).
+fn filter_verdict(port: &Port, filter: &VmFilter, frame: &[u8]) -> Verdict {
+    let pkttype = match frame.get(..6) {
+        Some(dst) if dst == port.mac => PACKET_HOST,
+        Some(dst) if dst == [0xff; 6] => PACKET_BROADCAST,
+        Some(dst) if dst[0] & 1 != 0 => PACKET_MULTICAST,
+        _ => PACKET_OTHERHOST,
+    };
+    match filter.run(frame, port.device.ifindex(), pkttype) {
+        Verdict::Vlan => {
+            let be16 = |at: usize| {
+                frame
+                    .get(at..at + 2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            };
+            let tagged_ipv4 = be16(12) == Some(ETH_P_8021Q) && be16(16) == Some(ETH_P_IP);
+            let vid = be16(14).unwrap_or(0) & 0x0fff;
+            if tagged_ipv4 && port.stack.demux().vlans.contains(vid) {
+                Verdict::Accept
+            } else {
+                Verdict::Skip
+            }
+        }
+        v => v,
     }
 }
 

@@ -55,6 +55,8 @@ pub enum InbandKind {
     EtherType(u16),
     /// An IPv4 datagram of a custom protocol; `offset` is where its payload starts.
     IpProtocol(u8),
+    /// A frame the RX filter left to the in-band stage (EVL_RX_SKIP, or the VLAN rule not met).
+    Skipped,
     /// The port's link went up (true), down (false).
     Link(bool),
     /// The port's interface disappeared.

@@ -10,7 +10,8 @@
 //! - delivered to a socket: `rx_delivered` (a UDP socket, or the packet socket listening to its
 //!   EtherType);
 //! - consumed by the stack: `icmp_echo_replies` (an echo request whose whole reply was handed to
-//!   the TX path), `rx_inband` (an ARP or custom-protocol frame queued for the in-band stage),
+//!   the TX path), `rx_inband` (an ARP or custom-protocol frame, or one the RX filter skipped, queued for the in-band
+//!   stage),
 //!   `rx_reasm_held` (a fragment whose bytes reassembly took, the one completing a datagram
 //!   included);
 //! - dropped: the counter of its [`DropReason`] (see [`DropReason::ALL`]).
@@ -73,11 +74,15 @@ pub enum DropReason {
     ReplyFailed,
     /// The in-band queue was full: an ARP or custom-protocol frame could not go up.
     InbandFull,
+    /// The eBPF RX filter returned EVL_RX_DROP.
+    FilterDrop,
+    /// The eBPF RX filter returned no verdict of EVL's (or faulted).
+    FilterInvalid,
 }
 
 impl DropReason {
     /// Every reason: `PortCounters::rx_drops` adds their counters (keep in step with the enum).
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::OtherHost,
         DropReason::Malformed,
         DropReason::IpErrors,
@@ -91,6 +96,8 @@ impl DropReason {
         DropReason::NoMem,
         DropReason::ReplyFailed,
         DropReason::InbandFull,
+        DropReason::FilterDrop,
+        DropReason::FilterInvalid,
     ];
 }
 
@@ -142,6 +149,9 @@ counters!(
     rx_tap_copies,
     rx_tap_nomem,
     rx_tap_sock_full,
+    rx_filter_dropped,
+    rx_filter_invalid,
+    rx_filter_skipped,
 );
 
 impl PortCounters {
@@ -172,6 +182,8 @@ impl PortCounters {
             DropReason::NoMem => &self.rx_nomem,
             DropReason::ReplyFailed => &self.rx_reply_fails,
             DropReason::InbandFull => &self.rx_inband_drops,
+            DropReason::FilterDrop => &self.rx_filter_dropped,
+            DropReason::FilterInvalid => &self.rx_filter_invalid,
         }
     }
 
@@ -222,10 +234,10 @@ mod tests {
             c.drop_for(r);
             assert_eq!(c.rx_drops(), i as u64 + 1);
         }
-        c.rx_packets.fetch_add(13, Relaxed);
-        assert_eq!(c.rx_ledger(), (13, 13));
+        c.rx_packets.fetch_add(15, Relaxed);
+        assert_eq!(c.rx_ledger(), (15, 15));
         c.rx_reasm_ok.fetch_add(1, Relaxed);
         PortCounters::bump(&c.rx_delivered);
-        assert_eq!(c.rx_ledger(), (14, 14));
+        assert_eq!(c.rx_ledger(), (16, 16));
     }
 }

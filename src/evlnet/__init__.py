@@ -54,6 +54,11 @@ def open_port(ifname: str) -> Port:
     return default_stack().open_port(ifname)
 
 
+def set_filter(port: Port | int, modpath: str | None) -> None:
+    """EVL ``evl_net_set_filter`` on the default stack (see ``Stack.set_filter``)."""
+    default_stack().set_filter(port, modpath)
+
+
 def disable_port(port: Port | int) -> None:
     """EVL ``evl_net_disable_port`` on the default stack."""
     default_stack().disable_port(port)

@@ -522,6 +522,12 @@ impl AfPacket {
         Ok(())
     }
 
+    /// Attach an eBPF socket filter program (`SO_ATTACH_BPF`), replacing any filter at once.
+    /// The socket holds its own reference: the caller may close `prog_fd` afterwards.
+    pub fn set_ebpf_filter(&self, prog_fd: RawFd) -> io::Result<()> {
+        setsockopt_int(&self.sock, libc::SOL_SOCKET, libc::SO_ATTACH_BPF, prog_fd)
+    }
+
     /// Remove the socket filter (every frame is received again); Ok when there was none.
     pub fn clear_filter(&self) -> io::Result<()> {
         match setsockopt_int(&self.sock, libc::SOL_SOCKET, SO_DETACH_FILTER, 0) {

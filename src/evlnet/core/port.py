@@ -95,7 +95,12 @@ class Port:
         self._fd = os.eventfd(0, os.EFD_CLOEXEC)
         #: what the in-band stage counts for frames the core handed up (already counted there as
         #: rx_inband): handlers that failed, protocols unregistered meanwhile
-        self.inband_counters = {"inband_errors": 0, "inband_unknown_proto": 0}
+        self.inband_counters = {"inband_errors": 0, "inband_unknown_proto": 0,
+                                "inband_filter_skipped": 0, "inband_no_taker": 0}
+        #: the eBPF object file of the RX filter, None without one (``Stack.set_filter``)
+        self.filter_path: str | None = None
+        #: a Linux port's kernel filter counters (``_core.KernelCounters``), set by the bridge
+        self.kernel_filter_counters: Any = None
         self.device.on_link_change = self._link_changed
 
     # -- handle -------------------------------------------------------------------------------
@@ -203,6 +208,13 @@ class Port:
             values[name] = values.get(name, 0) + value
         for name, value in self.device.counters().items():
             values[f"device_{name}" if name in values else name] = value
+        if self.kernel_filter_counters is not None:
+            # frames the kernel-side filter judged: its drops are this port's drops
+            k = dict(self.kernel_filter_counters.read())
+            values["rx_filter_dropped"] = values.get("rx_filter_dropped", 0) + k["dropped"]
+            values["rx_filter_invalid"] = values.get("rx_filter_invalid", 0) + k["invalid"]
+            values["kernel_filter_skipped"] = k["skipped"]
+            values["kernel_filter_accepted"] = k["accepted"]
         return values
 
     @property

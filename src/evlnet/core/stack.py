@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket as _pysocket
 import threading
 import time
@@ -36,6 +37,8 @@ from ..proto.icmp import IcmpProtocol
 from ..proto.packet import PacketProtocol
 from ..proto.registry import InbandPacket, Protocol, ProtocolRegistry
 from ..proto.udp import UdpProtocol
+from ..wire.ethernet import ETH_P_ARP
+from .filters import load_program
 from .frontcache import FrontCache, Neighbour, Route
 from .inband import InbandWorker
 from .interface import Address, Interface
@@ -254,6 +257,9 @@ class Stack:
             if port is None or frame is None:
                 continue
             try:
+                if kind == "skipped":
+                    self._skipped_frame(port, frame)
+                    continue
                 if kind == "arp":
                     self.arp.input(port, frame, offset)
                     continue
@@ -268,6 +274,48 @@ class Stack:
             except Exception:   # a faulty (custom) handler must not stop the in-band stage
                 port.inband_counters["inband_errors"] += 1
                 log.exception("%s: in-band handler for %s failed", self.name, kind)
+
+    def _skipped_frame(self, port: Port, frame: bytes) -> None:
+        """A frame the RX filter left to the in-band stage (EVL_RX_SKIP). On a Linux port the
+        kernel got it too; on a virtual link this is the in-band stage: ARP is learnt from, custom
+        EtherTypes go to their protocol, anything else has no in-band taker and is counted."""
+        port.inband_counters["inband_filter_skipped"] += 1
+        if port.iface.kind != "virtual" or len(frame) < 14:
+            return
+        ethertype = int.from_bytes(frame[12:14], "big")
+        if ethertype == ETH_P_ARP:
+            self.arp.input(port, frame, 14)
+            return
+        proto = self.protocols.by_ethertype.get(ethertype)
+        if proto is None:
+            port.inband_counters["inband_no_taker"] += 1
+            return
+        proto.input_frame(port, InbandPacket(frame, 14, 0, frame[6:12], 0, 0))
+
+    # -- eBPF RX filters ----------------------------------------------------------------------
+    def set_filter(self, port: Port | int, modpath: str | os.PathLike[str] | None) -> None:
+        """EVL ``evl_net_set_filter``: install the first program of the eBPF object file
+        *modpath* as *port*'s RX filter (``None`` removes it).
+
+        The program returns EVL's verdict: EVL_RX_DROP (0) frees and counts the frame,
+        EVL_RX_ACCEPT (1) gives it to the oob stack, EVL_RX_SKIP (2) leaves it to the in-band
+        stage, EVL_RX_VLAN (3) applies the VLAN rule (tagged IPv4 with a VID of the stack's
+        set); any other value drops and counts it. A filter takes precedence over the VLAN set.
+        A new filter replaces the old one at once; frames already queued to sockets stay. On a
+        Linux port the program runs in the kernel (dropped and skipped frames never reach user
+        space); on a virtual link in the core's RX path.
+
+        EBADF: *port* is not an enabled port; ENOENT, EACCES: the file; EINVAL: not an eBPF
+        object, no program, or one the verifier refuses; the kernel's own errors as they come.
+        """
+        self._check_open()
+        p = self._port_of(port)
+        program = None if modpath is None else load_program(modpath)
+        if p.iface.kind == "virtual":
+            _core.set_port_filter(p.core, program)
+        else:
+            self._kernel_bridge().set_user_filter(p, program)
+        p.filter_path = None if modpath is None else os.fspath(modpath)
 
     # -- interfaces ---------------------------------------------------------------------------
     def add_interface(self, device: Device, *addresses: str) -> Interface:

@@ -21,7 +21,8 @@ from typing import Literal, TypeAlias, final
 
 __all__ = [
     "__version__", "Stack", "Port", "Socket", "VirtualEnd", "VirtualVlan", "AfPacket",
-    "virtual_link", "monotonic_ns",
+    "virtual_link", "monotonic_ns", "FilterProgram", "KernelProgram", "KernelCounters",
+    "set_port_filter", "attach_socket_filter",
 ]
 
 __version__: str
@@ -35,7 +36,7 @@ _RecvBuffer: TypeAlias = bytearray | memoryview
 _Counters: TypeAlias = list[tuple[str, int]]
 """Counters as ``(name, value)`` pairs (``dict(...)`` them)."""
 
-_InbandKind: TypeAlias = Literal["arp", "ethertype", "ip", "link", "vanished"]
+_InbandKind: TypeAlias = Literal["arp", "ethertype", "ip", "link", "vanished", "skipped"]
 
 _InbandEvent: TypeAlias = tuple[int, _InbandKind, int, int, bytes | None, int, bytes, int, int]
 """``(port_id, kind, arg, offset, frame, src_addr, src_mac, device_time, queuing_time)``."""
@@ -466,3 +467,56 @@ class Socket:
 
 def monotonic_ns() -> int:
     """CLOCK_MONOTONIC in ns, as the core reads it (the clock of every core time)."""
+
+# -- eBPF RX filters (core/src/python_filter.rs) ------------------------------------------------
+
+@final
+class FilterProgram:
+    """The first program of an eBPF object file, verified (OSError EINVAL otherwise)."""
+
+    def __new__(cls, data: bytes) -> FilterProgram:
+        """Parse the ELF object *data* and verify its first program."""
+
+    @property
+    def section(self) -> str:
+        """The ELF section the program came from."""
+
+    @property
+    def insn_count(self) -> int:
+        """Instructions in the program."""
+
+    @property
+    def stack_depth(self) -> int:
+        """Stack bytes the program uses."""
+
+    def kernel_load(
+        self, hook: str, vids: list[int], counters: KernelCounters, name: str
+    ) -> KernelProgram:
+        """Load into the kernel for *hook* ("socket" or "tc"), the VLAN verdict accepting
+        *vids*, the tc program counting into *counters*."""
+
+@final
+class KernelProgram:
+    """A program loaded into the kernel: its fd."""
+
+    def fileno(self) -> int:
+        """The program's fd (-1 once closed)."""
+
+    def close(self) -> None:
+        """Close the fd (the kernel keeps the program while a hook uses it)."""
+
+@final
+class KernelCounters:
+    """The per-CPU counters map of a Linux port's kernel filter."""
+
+    def __new__(cls) -> KernelCounters:
+        """Make the map (bpf BPF_MAP_CREATE)."""
+
+    def read(self) -> list[tuple[str, int]]:
+        """dropped, invalid, skipped, accepted: summed over the CPUs."""
+
+def set_port_filter(port: Port, program: FilterProgram | None = None) -> None:
+    """Run *program* in the port's RX path (None: no filter there)."""
+
+def attach_socket_filter(dev: AfPacket, program: KernelProgram) -> None:
+    """Attach a kernel program as the AF_PACKET socket's filter (SO_ATTACH_BPF)."""

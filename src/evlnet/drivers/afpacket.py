@@ -28,6 +28,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from .._netns import inside
 from ..datapath import _core
@@ -194,6 +195,7 @@ class AfPacketDevice(Device):
         self._ns_fd = -1
         self._core: _core.AfPacket | None = None
         self._filter: list[tuple[int, int, int, int]] | None = None
+        self._ebpf_filter: Any = None     #: a _core.KernelProgram attached instead of _filter
         self._link_state: bool | None = True
         try:
             self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -265,7 +267,9 @@ class AfPacketDevice(Device):
                 raise oserror(errno.EPERM, "AF_PACKET sockets need CAP_NET_RAW: run as root or "
                                            "grant the capability (setcap cap_net_raw+ep)") from None
         dev.set_vlan_id(self.vlan_id)
-        if self._filter is not None:
+        if self._ebpf_filter is not None:
+            _core.attach_socket_filter(dev, self._ebpf_filter)
+        elif self._filter is not None:
             dev.set_filter(self._filter)
         self._core = dev
         return dev
@@ -307,10 +311,18 @@ class AfPacketDevice(Device):
         if self._core is not None:
             self._core.set_filter(prog)
         self._filter = prog
+        self._ebpf_filter = None
+
+    def set_socket_ebpf_filter(self, program: Any) -> None:
+        """Attach an eBPF socket filter (a ``_core.KernelProgram``, kept for the next ring)."""
+        if self._core is not None:
+            _core.attach_socket_filter(self._core, program)
+        self._ebpf_filter = program
 
     def clear_socket_filter(self) -> None:
         """Remove the socket filter (every frame is received again)."""
         self._filter = None
+        self._ebpf_filter = None
         if self._core is not None:
             self._core.clear_filter()
 

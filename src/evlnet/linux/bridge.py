@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from .._netns import inside
 from ..core.frontcache import Neighbour, Route
 from ..core.interface import Address, Interface
+from ..datapath import _core
 from ..drivers.afpacket import AfPacketDevice
 from ..errors import oserror
 from . import diversion as dv
@@ -111,12 +112,17 @@ class BridgeCounters:
 
 
 class _PortDiversion:
-    __slots__ = ("port", "tc", "rule")
+    __slots__ = ("port", "tc", "rule", "user", "user_vids", "kernel_progs")
 
     def __init__(self, port: "Port", tc: dv.TcDiversion) -> None:
         self.port = port
         self.tc = tc
         self.rule: dv.DiversionRule | None = None
+        #: the user's eBPF RX filter (a _core.FilterProgram): replaces the rule while set
+        self.user: Any = None
+        self.user_vids: tuple[int, ...] | None = None
+        #: the kernel programs installed for it: (tc, socket or None when run in the VM)
+        self.kernel_progs: tuple[Any, Any] = (None, None)
 
 
 class KernelBridge:
@@ -352,9 +358,91 @@ class KernelBridge:
         state.rule = rule
         self.counters.diversion_updates += 1
 
+    # -- user eBPF RX filters -------------------------------------------------------------------
+    def set_user_filter(self, port: "Port", program: Any) -> None:
+        """Install the user's eBPF RX filter *program* on Linux *port* (None: back to the
+        default diversion). See ``core/src/filter/kernel.rs``.
+
+        The swap: the ring first takes every frame and the core judges them with the new program
+        in the VM; then tc switches (what the kernel's stack gets); then the ring's socket filter
+        switches to the in-kernel program and the VM stops. So no frame the new tc program takes
+        away from the kernel misses the ring, and whatever the VM refuses meanwhile is counted.
+        A program the kernel refuses as a socket filter (direct packet access is not allowed
+        there) keeps running in the VM, behind an accept-all ring; tc still runs it in-kernel."""
+        self._check_open()
+        with self._lock:
+            state = self._divert.get(port.ifindex)
+            if state is None or state.port is not port:
+                raise oserror(errno.EBADF, f"{port.name} is not an enabled port")
+            device = _device(port)
+            if program is None:
+                _core.set_port_filter(port.core, program)   # filter off before the rule is back
+                self._install_accept_all(device)
+                state.user = None
+                state.user_vids = None
+                self._apply(state, force=True)
+                state.kernel_progs = (None, None)
+                return
+            if port.kernel_filter_counters is None:
+                port.kernel_filter_counters = _core.KernelCounters()
+            vids = tuple(sorted(self.stack.vlans))
+            name = dv.ebpf_marker()
+            tc_prog = program.kernel_load("tc", list(vids), port.kernel_filter_counters, name)
+            try:
+                sock_prog = program.kernel_load("socket", list(vids),
+                                                port.kernel_filter_counters, name)
+            except OSError as exc:
+                log.info("%s: the kernel refuses the filter as a socket filter (%s); it runs in "
+                         "the core's VM behind an accept-all ring", port.name, exc.strerror)
+                sock_prog = None
+            _core.set_port_filter(port.core, program)
+            self._install_accept_all(device)
+            try:
+                if not state.tc.installed:
+                    state.tc.install(self._program(dv.DiversionRule(), socket_side=False))
+                rtnl.bpf_fd_filter_set(self._rtnl(), port.ifindex, dv.TC_PRIO, dv.TC_HANDLE,
+                                       tc_prog.fileno(), name)
+            except OSError:
+                # the old state back: the previous filter's programs, or the default rule
+                if state.user is None:
+                    _core.set_port_filter(port.core, None)
+                    self._apply(state, force=True)
+                else:
+                    self._reinstall_user(state)
+                raise
+            if sock_prog is not None:
+                device.set_socket_ebpf_filter(sock_prog)
+                _core.set_port_filter(port.core, None)
+            state.user = program
+            state.user_vids = vids
+            state.kernel_progs = (tc_prog, sock_prog)
+            state.rule = None
+            self.counters.diversion_updates += 1
+
+    def _reinstall_user(self, state: _PortDiversion) -> None:
+        tc_prog, sock_prog = state.kernel_progs
+        rtnl.bpf_fd_filter_set(self._rtnl(), state.port.ifindex, dv.TC_PRIO, dv.TC_HANDLE,
+                               tc_prog.fileno(), dv.ebpf_marker())
+        if sock_prog is not None:
+            _device(state.port).set_socket_ebpf_filter(sock_prog)
+            _core.set_port_filter(state.port.core, None)
+        else:
+            _core.set_port_filter(state.port.core, state.user)
+
+    def _install_accept_all(self, device: AfPacketDevice) -> None:
+        device.set_socket_filter([(dv.BPF_RET | dv.BPF_K, 0, 0, dv.SOCKET_ACCEPT)])
+
     def _refresh_diversion(self) -> None:
         with self._lock:
             for state in list(self._divert.values()):
+                if state.user is not None:
+                    # the user's filter decides; only the VLAN set reaches its programs
+                    if tuple(sorted(self.stack.vlans)) != state.user_vids:
+                        try:
+                            self.set_user_filter(state.port, state.user)
+                        except OSError as exc:
+                            log.warning("%s: filter update failed: %s", state.port.name, exc)
+                    continue
                 try:
                     self._apply(state)
                 except OSError as exc:

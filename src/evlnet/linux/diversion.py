@@ -295,6 +295,23 @@ def marker_of(ops) -> tuple[int, int] | None:
     return None
 
 
+def ebpf_marker() -> str:
+    """The TCA_BPF_NAME of our eBPF tc filters (user RX filters): owner pid and start time."""
+    return f"evlnet:{os.getpid()}:{_START}"
+
+
+def filter_owner(f: rtnl.TcFilter) -> tuple[int, int] | None:
+    """(pid, start time) of the evlnet process that installed tc filter *f*, or None."""
+    owner = marker_of(f.ops)
+    if owner is None and f.name.startswith("evlnet:"):
+        try:
+            _, pid, start = f.name.split(":")
+            return int(pid), int(start)
+        except ValueError:
+            return None
+    return owner
+
+
 def owner_alive(pid: int, start: int) -> bool:
     """Whether the process that installed a program still runs (pid reuse checked by start time)."""
     if pid == os.getpid():
@@ -388,7 +405,7 @@ class TcDiversion:
         if not self.installed:
             stale = False
             for f in rtnl.filter_dump(self.nl, self.ifindex):
-                owner = marker_of(f.ops)
+                owner = filter_owner(f)
                 if owner is None or owner == (os.getpid(), _START):
                     continue
                 if owner_alive(*owner):
@@ -424,7 +441,7 @@ def list_filters(nl: rtnl.RtnlSocket) -> list[tuple[int, tuple[int, int]]]:
     out = []
     for link in rtnl.link_dump(nl):
         for f in rtnl.filter_dump(nl, link.ifindex):
-            owner = marker_of(f.ops)
+            owner = filter_owner(f)
             if owner is not None:
                 out.append((link.ifindex, owner))
     return out
@@ -437,7 +454,7 @@ def cleanup_stale(nl: rtnl.RtnlSocket) -> int:
     for link in rtnl.link_dump(nl):
         mine = False
         for f in rtnl.filter_dump(nl, link.ifindex):
-            owner = marker_of(f.ops)
+            owner = filter_owner(f)
             if owner is None or owner_alive(*owner):
                 continue
             rtnl.filter_del(nl, link.ifindex, f.prio, f.handle)

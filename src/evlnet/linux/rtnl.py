@@ -87,7 +87,7 @@ TC_H_MIN_INGRESS = 0xFFF2
 TC_H_INGRESS_PARENT = (TC_H_CLSACT & 0xFFFF0000) | TC_H_MIN_INGRESS     # 0xfffffff2
 TC_H_EGRESS_PARENT = (TC_H_CLSACT & 0xFFFF0000) | 0xFFF3
 CLSACT_HANDLE = 0xFFFF0000
-TCA_BPF_OPS_LEN, TCA_BPF_OPS, TCA_BPF_FLAGS = 4, 5, 8
+TCA_BPF_OPS_LEN, TCA_BPF_OPS, TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS = 4, 5, 6, 7, 8
 TCA_BPF_FLAG_ACT_DIRECT = 1
 ETH_P_ALL = 0x0003
 
@@ -440,6 +440,7 @@ class TcFilter:
     handle: int
     kind: str
     ops: list[tuple[int, int, int, int]] = field(default_factory=list)
+    name: str = ""           #: an eBPF program's TCA_BPF_NAME
 
 
 def clsact_add(nl: RtnlSocket, ifindex: int) -> bool:
@@ -495,6 +496,20 @@ def bpf_filter_set(nl: RtnlSocket, ifindex: int, prio: int, handle: int,
     nl.request(RTM_NEWTFILTER, flags, body, "tc bpf filter")
 
 
+def bpf_fd_filter_set(nl: RtnlSocket, ifindex: int, prio: int, handle: int, prog_fd: int,
+                      name: str, parent: int = TC_H_INGRESS_PARENT) -> None:
+    """Install (or atomically replace) a direct-action cls_bpf filter running the eBPF program
+    *prog_fd*; *name* is what ``tc filter show`` prints (and how stale filters are found)."""
+    info = ((prio & 0xFFFF) << 16) | socket.htons(ETH_P_ALL)
+    body = _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, parent, info) + \
+        attr(TCA_KIND, b"bpf\0") + \
+        nested(TCA_OPTIONS,
+               attr(TCA_BPF_FD, _U32.pack(prog_fd)),
+               attr(TCA_BPF_NAME, name.encode() + b"\0"),
+               attr(TCA_BPF_FLAGS, _U32.pack(TCA_BPF_FLAG_ACT_DIRECT)))
+    nl.request(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_ACK | NLM_F_REPLACE, body, "tc bpf filter")
+
+
 def filter_del(nl: RtnlSocket, ifindex: int, prio: int, handle: int,
                parent: int = TC_H_INGRESS_PARENT, kind: str = "bpf") -> None:
     info = ((prio & 0xFFFF) << 16) | socket.htons(ETH_P_ALL)
@@ -529,6 +544,8 @@ def filter_dump(nl: RtnlSocket, ifindex: int, parent: int = TC_H_INGRESS_PARENT
         if kind == "bpf" and opts is not None:
             o = parse_attrs(opts)
             raw = o.get(TCA_BPF_OPS)
+            if TCA_BPF_NAME in o:
+                f.name = _cstr(o[TCA_BPF_NAME])
             if raw is not None:
                 f.ops = [struct.unpack_from("=HBBI", raw, i) for i in range(0, len(raw) - 7, 8)]
         if handle:                           # the per-prio chain head has handle 0

@@ -1,0 +1,34 @@
+//! The filter verifier and the VM on arbitrary programs and frames: the verifier never panics,
+//! and a program it accepts never faults at run time (rbpf's bounds checks never fire), whatever
+//! the frame. Input: one byte `n`, then `n` instructions (8 bytes each), then the frame.
+#![no_main]
+use _core::filter::verifier::{decode, verify};
+use _core::filter::vm::VmFilter;
+use _core::filter::Program;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let len = (n as usize).max(1) * 8;
+    if rest.len() < len {
+        return;
+    }
+    let (code, frame) = rest.split_at(len);
+    let Ok(insns) = decode(code) else {
+        return;
+    };
+    let Ok(facts) = verify(&insns) else {
+        return;
+    };
+    let program = Program {
+        section: "fuzz".into(),
+        license: "GPL".into(),
+        insns,
+        facts,
+    };
+    if let Ok(vm) = VmFilter::new(program) {
+        assert!(vm.run_r0(frame, 1, 0).is_some(), "a verified program faulted");
+    }
+});

@@ -1,0 +1,152 @@
+//! The seam's eBPF filter part (see `filter`): programs loaded from object files, run by a
+//! port's RX path in the VM or loaded into the kernel for a Linux port's two hooks.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+
+use crate::filter::kernel::{self, Counter, Hook, KernelCounters};
+use crate::filter::vm::VmFilter;
+use crate::filter::{FilterError, Program};
+use crate::python::{PyAfPacket, PyPort};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyFilterProgram>()?;
+    m.add_class::<PyKernelProgram>()?;
+    m.add_class::<PyKernelCounters>()?;
+    m.add_function(wrap_pyfunction!(set_port_filter, m)?)?;
+    m.add_function(wrap_pyfunction!(attach_socket_filter, m)?)?;
+    Ok(())
+}
+
+fn filter_err(e: FilterError) -> PyErr {
+    PyOSError::new_err((e.errno, e.message))
+}
+
+/// A filter program taken from an eBPF object file and verified (EINVAL otherwise).
+#[pyclass(module = "evlnet._core", name = "FilterProgram", frozen)]
+pub struct PyFilterProgram {
+    program: Program,
+}
+
+#[pymethods]
+impl PyFilterProgram {
+    #[new]
+    fn new(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
+        let program = py
+            .detach(|| Program::from_object(&data))
+            .map_err(filter_err)?;
+        Ok(PyFilterProgram { program })
+    }
+    /// The ELF section the program came from.
+    #[getter]
+    fn section(&self) -> String {
+        self.program.section.clone()
+    }
+    #[getter]
+    fn insn_count(&self) -> usize {
+        self.program.insns.len()
+    }
+    /// Stack bytes the program uses.
+    #[getter]
+    fn stack_depth(&self) -> i64 {
+        self.program.facts.stack_depth
+    }
+    /// Load the program into the kernel for `hook` ("socket" or "tc"), the VLAN verdict
+    /// accepting `vids`, the tc program counting into `counters`. OSError with the kernel's
+    /// errno and the end of its verifier log when refused.
+    fn kernel_load(
+        &self,
+        hook: &str,
+        vids: Vec<u16>,
+        counters: PyRef<'_, PyKernelCounters>,
+        name: &str,
+    ) -> PyResult<PyKernelProgram> {
+        let hook = match hook {
+            "socket" => Hook::Socket,
+            "tc" => Hook::Tc,
+            _ => return Err(PyOSError::new_err((libc::EINVAL, "hook: socket or tc"))),
+        };
+        let p = kernel::load(&self.program, hook, &vids, &counters.counters, name)
+            .map_err(filter_err)?;
+        Ok(PyKernelProgram { fd: Some(p.fd) })
+    }
+}
+
+/// A program loaded into the kernel (its fd; closed by `close()` or when collected).
+#[pyclass(module = "evlnet._core", name = "KernelProgram")]
+pub struct PyKernelProgram {
+    fd: Option<OwnedFd>,
+}
+
+#[pymethods]
+impl PyKernelProgram {
+    fn fileno(&self) -> i32 {
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+    fn close(&mut self) {
+        self.fd = None;
+    }
+}
+
+/// The per-CPU counters of a port's kernel filter.
+#[pyclass(module = "evlnet._core", name = "KernelCounters", frozen)]
+pub struct PyKernelCounters {
+    counters: KernelCounters,
+}
+
+#[pymethods]
+impl PyKernelCounters {
+    #[new]
+    fn new() -> PyResult<Self> {
+        Ok(PyKernelCounters {
+            counters: KernelCounters::new().map_err(filter_err)?,
+        })
+    }
+    /// `{"dropped", "invalid", "skipped", "accepted"}`, summed over the CPUs.
+    fn read(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("dropped", Counter::Dropped),
+            ("invalid", Counter::Invalid),
+            ("skipped", Counter::Skipped),
+            ("accepted", Counter::Accepted),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n, self.counters.read(c)))
+        .collect()
+    }
+}
+
+/// Run `program` in `port`'s RX path (None: no filter there). The swap is atomic: a frame is
+/// judged by the old program or the new one, and frames already queued are not touched.
+#[pyfunction]
+#[pyo3(signature = (port, program=None))]
+fn set_port_filter(
+    port: PyRef<'_, PyPort>,
+    program: Option<PyRef<'_, PyFilterProgram>>,
+) -> PyResult<()> {
+    let vm = match program {
+        Some(p) => Some(Arc::new(
+            VmFilter::new(p.program.clone()).map_err(filter_err)?,
+        )),
+        None => None,
+    };
+    port.port.filter.store(vm);
+    Ok(())
+}
+
+/// Attach a kernel program as an AF_PACKET device's socket filter (replacing any filter).
+#[pyfunction]
+fn attach_socket_filter(
+    dev: PyRef<'_, PyAfPacket>,
+    program: PyRef<'_, PyKernelProgram>,
+) -> PyResult<()> {
+    dev.dev.set_ebpf_filter(program.fileno()).map_err(|e| {
+        PyOSError::new_err((
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!("SO_ATTACH_BPF: {e}"),
+        ))
+    })
+}

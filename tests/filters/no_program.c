@@ -1,0 +1,2 @@
+/* An eBPF object with data and no program. */
+int answer = 42;
