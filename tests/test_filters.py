@@ -12,7 +12,6 @@ import threading
 import time
 
 import pytest
-from filter_objects import build, build_all
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
@@ -33,6 +32,7 @@ from virtual_fixtures import (  # noqa: F401
 import evlnet
 from evlnet import AF_PACKET, MSG_DONTWAIT, SOCK_OOB, SOCK_RAW
 from evlnet.core.filters import load_program
+from evlnet.testing.bpf import build, build_all
 
 PEER_IP = "192.0.2.9"
 DROPPED_SOURCE = "192.0.2.66"      # drop_source.c's default

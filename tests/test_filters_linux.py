@@ -14,13 +14,13 @@ import textwrap
 import time
 
 import pytest
-from filter_objects import build, build_all
 from test_linux_bridge import A_IP, B_IP, evl_pair, kernel_socket, leftovers
 from virtual_fixtures import raises_errno, wait_until
 
 from evlnet.linux import diversion as dv
 from evlnet.linux import rtnl
 from evlnet.testing import in_netns, netns, require_root, veth_pair
+from evlnet.testing.bpf import build, build_all
 
 pytestmark = pytest.mark.root
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

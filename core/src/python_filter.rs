@@ -54,6 +54,20 @@ impl PyFilterProgram {
     fn stack_depth(&self) -> i64 {
         self.program.facts.stack_depth
     }
+    /// Benchmark hook: run the program `runs` times on `frame` in the VM, as the RX path does
+    /// (GIL released): `(verdict, ns per run)`, -1 for a faulted run.
+    fn time_vm(&self, py: Python<'_>, frame: Vec<u8>, runs: u32) -> PyResult<(i64, f64)> {
+        let vm = VmFilter::new(self.program.clone()).map_err(filter_err)?;
+        Ok(py.detach(|| {
+            let start = std::time::Instant::now();
+            let mut r0 = None;
+            for _ in 0..runs.max(1) {
+                r0 = std::hint::black_box(vm.run_r0(std::hint::black_box(&frame), 1, 0));
+            }
+            let ns = start.elapsed().as_nanos() as f64 / runs.max(1) as f64;
+            (r0.map_or(-1, |v| v as i64), ns)
+        }))
+    }
     /// Load the program into the kernel for `hook` ("socket" or "tc"), the VLAN verdict
     /// accepting `vids`, the tc program counting into `counters`. OSError with the kernel's
     /// errno and the end of its verifier log when refused.
@@ -88,6 +102,20 @@ impl PyKernelProgram {
     }
     fn close(&mut self) {
         self.fd = None;
+    }
+    /// Benchmark hook: run the program `repeat` times on `frame` in the kernel
+    /// (BPF_PROG_TEST_RUN): `(return value, ns per run)` as the kernel measured.
+    fn test_run(&self, py: Python<'_>, frame: Vec<u8>, repeat: u32) -> PyResult<(u32, u32)> {
+        let Some(fd) = self.fd.as_ref() else {
+            return Err(PyOSError::new_err((libc::EBADF, "closed")));
+        };
+        let prog = kernel::KernelProgram {
+            fd: fd.try_clone().map_err(|e| {
+                PyOSError::new_err((e.raw_os_error().unwrap_or(libc::EIO), e.to_string()))
+            })?,
+        };
+        py.detach(|| prog.test_run(&frame, repeat))
+            .map_err(|e| PyOSError::new_err((e, "BPF_PROG_TEST_RUN")))
     }
 }
 

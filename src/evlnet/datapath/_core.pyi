@@ -489,6 +489,10 @@ class FilterProgram:
     def stack_depth(self) -> int:
         """Stack bytes the program uses."""
 
+    def time_vm(self, frame: bytes, runs: int) -> tuple[int, float]:
+        """Benchmark hook: run the program *runs* times on *frame* in the VM:
+        ``(verdict, ns per run)``, verdict -1 when a run faulted."""
+
     def kernel_load(
         self, hook: str, vids: list[int], counters: KernelCounters, name: str
     ) -> KernelProgram:
@@ -504,6 +508,10 @@ class KernelProgram:
 
     def close(self) -> None:
         """Close the fd (the kernel keeps the program while a hook uses it)."""
+
+    def test_run(self, frame: bytes, repeat: int) -> tuple[int, int]:
+        """Benchmark hook: BPF_PROG_TEST_RUN: ``(return value, ns per run)`` as the kernel
+        measured it."""
 
 @final
 class KernelCounters:
