@@ -245,3 +245,26 @@ def test_vlan_verdict_in_the_kernel_follows_the_vlan_set(pair, objs):
         cli.close()
     finally:
         raw.close()
+
+
+def test_without_cap_bpf_the_filter_runs_in_the_vm(pair, objs, monkeypatch):
+    """A process allowed AF_PACKET and tc but not bpf() (no CAP_BPF): played by making the
+    kernel refuse every load with EPERM. The filter then runs in the core's VM; the kernel's
+    stack keeps getting what the default diversion leaves it."""
+    from evlnet.linux import bridge
+
+    def refuse(*_args):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(bridge, "kernel_load", refuse)
+    oob = pair.oob_socket((A_IP, 59059))
+    other = pair.oob_socket((A_IP, 7000))
+    pair.stack.set_filter(pair.port, objs["udp_port_range"])
+    cli = kernel_socket(pair.b, (B_IP, 0))
+    cli.sendto(b"accepted", (A_IP, 59059))
+    cli.sendto(b"skipped", (A_IP, 7000))
+    assert oob.oob_recvmsg(100, timeout=3)[0] == b"accepted"
+    assert oob_try_recv(other) is None
+    assert wait_until(lambda: counters(pair)["rx_filter_skipped"] >= 1, 3)
+    for s in (oob, other, cli):
+        s.close()

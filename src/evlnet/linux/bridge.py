@@ -383,14 +383,32 @@ class KernelBridge:
                 self._apply(state, force=True)
                 state.kernel_progs = (None, None)
                 return
-            if port.kernel_filter_counters is None:
-                port.kernel_filter_counters = _core.KernelCounters()
             vids = tuple(sorted(self.stack.vlans))
             name = dv.ebpf_marker()
-            tc_prog = program.kernel_load("tc", list(vids), port.kernel_filter_counters, name)
             try:
-                sock_prog = program.kernel_load("socket", list(vids),
-                                                port.kernel_filter_counters, name)
+                if port.kernel_filter_counters is None:
+                    port.kernel_filter_counters = _core.KernelCounters()
+                tc_prog = kernel_load(program, "tc", vids, port.kernel_filter_counters, name)
+            except OSError as exc:
+                if exc.errno != errno.EPERM:
+                    raise                                # the verifier's EACCES/EINVAL...
+                # no CAP_BPF: the program runs in the core's VM only, behind an accept-all ring;
+                # the kernel's stack keeps getting what the default rule leaves it
+                log.warning("%s: the kernel refuses eBPF programs (%s): the filter runs in the "
+                            "core's VM, in-band traffic follows the default diversion",
+                            port.name, exc.strerror)
+                _core.set_port_filter(port.core, program)
+                self._install_accept_all(device)
+                state.user = None
+                self._apply(state, force=True)
+                self._install_accept_all(device)
+                state.user = program
+                state.user_vids = vids
+                state.kernel_progs = (None, None)
+                return
+            try:
+                sock_prog = kernel_load(program, "socket", vids, port.kernel_filter_counters,
+                                        name)
             except OSError as exc:
                 log.info("%s: the kernel refuses the filter as a socket filter (%s); it runs in "
                          "the core's VM behind an accept-all ring", port.name, exc.strerror)
@@ -421,6 +439,9 @@ class KernelBridge:
 
     def _reinstall_user(self, state: _PortDiversion) -> None:
         tc_prog, sock_prog = state.kernel_progs
+        if tc_prog is None:                       # VM only (no CAP_BPF)
+            _core.set_port_filter(state.port.core, state.user)
+            return
         rtnl.bpf_fd_filter_set(self._rtnl(), state.port.ifindex, dv.TC_PRIO, dv.TC_HANDLE,
                                tc_prog.fileno(), dv.ebpf_marker())
         if sock_prog is not None:
@@ -435,6 +456,13 @@ class KernelBridge:
     def _refresh_diversion(self) -> None:
         with self._lock:
             for state in list(self._divert.values()):
+                if state.user is not None and state.kernel_progs[0] is None:
+                    # VM only (no CAP_BPF): tc follows the default rule, the ring takes all
+                    try:
+                        self._apply(state)
+                    finally:
+                        self._install_accept_all(_device(state.port))
+                    continue
                 if state.user is not None:
                     # the user's filter decides; only the VLAN set reaches its programs
                     if tuple(sorted(self.stack.vlans)) != state.user_vids:
@@ -863,6 +891,12 @@ class KernelBridge:
     def diversion_filters(self) -> list[tuple[int, tuple[int, int]]]:
         """evlnet's tc filters in this namespace: [(ifindex, (pid, start time))]."""
         return dv.list_filters(self._rtnl())
+
+
+def kernel_load(program: Any, hook: str, vids: tuple[int, ...], counters: Any, name: str) -> Any:
+    """Load *program* into the kernel for *hook* (tests replace this to play a process without
+    CAP_BPF)."""
+    return program.kernel_load(hook, list(vids), counters, name)
 
 
 def _union(a: dv.DiversionRule, b: dv.DiversionRule) -> dv.DiversionRule:
