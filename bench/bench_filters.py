@@ -133,6 +133,19 @@ def kernel(progs, frame: bytes, runs: int, rounds: int) -> dict[str, tuple[float
     return out
 
 
+def hook_floors(frame: bytes, runs: int, rounds: int) -> dict[str, float] | str:
+    """ns per frame of an empty program at each kernel hook where a filter could run."""
+    out = {}
+    for hook in ("xdp", "tc", "socket"):
+        try:
+            kp = _core.kernel_floor_program(hook)
+        except OSError as exc:
+            return f"n/a ({exc.strerror})"
+        out[hook] = statistics.median(kp.test_run(frame, runs)[1] for _ in range(rounds))
+        kp.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=200_000, help="frames per measurement")
@@ -163,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{delta:+9.0f}n {rx[name] / base:7.2f}x {kt:>9} {ks:>11}")
     if isinstance(k, str):
         print(f"\nkernel: {k}")
+    floors = hook_floors(frame, args.runs, args.rounds)
+    if isinstance(floors, str):
+        print(f"kernel hooks: {floors}")
+    else:
+        print("\nan empty program at each kernel hook (BPF_PROG_TEST_RUN): "
+              + ", ".join(f"{h} {ns:.0f} ns" for h, ns in floors.items()))
     print("\nn = nanoseconds per frame. 'RX +filter': the frame's RX path with the filter minus"
           " without, on the virtual\nlink; a SKIP verdict also hands the frame to the in-band "
           "stage (and a DROP saves the UDP delivery),\nso only ACCEPT rows compare like with "

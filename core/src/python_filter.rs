@@ -18,6 +18,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyKernelCounters>()?;
     m.add_function(wrap_pyfunction!(set_port_filter, m)?)?;
     m.add_function(wrap_pyfunction!(attach_socket_filter, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_floor_program, m)?)?;
     Ok(())
 }
 
@@ -177,4 +178,12 @@ fn attach_socket_filter(
             format!("SO_ATTACH_BPF: {e}"),
         ))
     })
+}
+
+/// Benchmark hook: a program that only returns, loaded for "xdp", "tc" or "socket" (the cost
+/// of a hook itself, to compare where a filter could run).
+#[pyfunction]
+fn kernel_floor_program(hook: &str) -> PyResult<PyKernelProgram> {
+    let p = kernel::load_floor(hook).map_err(filter_err)?;
+    Ok(PyKernelProgram { fd: Some(p.fd) })
 }

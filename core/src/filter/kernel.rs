@@ -31,6 +31,7 @@ const BPF_PROG_TEST_RUN: i64 = 10;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 const TC_ACT_UNSPEC: i32 = -1;
@@ -170,13 +171,42 @@ pub fn load(
     }
     let map_fd = if hook == Hook::Tc { counters.fd() } else { -1 };
     let insns = splice(program, hook, vids, map_fd);
-    let code: Vec<u8> = insns.iter().flat_map(|i| i.to_bytes()).collect();
     let license =
         std::ffi::CString::new(program.license.clone()).unwrap_or_else(|_| c"GPL".to_owned());
     let prog_type = match hook {
         Hook::Socket => BPF_PROG_TYPE_SOCKET_FILTER,
         Hook::Tc => BPF_PROG_TYPE_SCHED_CLS,
     };
+    load_insns(prog_type, &insns, &license, name).map_err(|e| FilterError {
+        errno: e.errno,
+        message: format!(
+            "the kernel refused the {hook:?} filter program: {}",
+            e.message
+        ),
+    })
+}
+
+/// For the benchmark's comparison of hooks: a program that only returns (XDP_PASS, TC_ACT_OK,
+/// keep the frame) for "xdp", "tc" or "socket", loaded as that hook's program type.
+pub fn load_floor(hook: &str) -> Result<KernelProgram, FilterError> {
+    let (prog_type, ret) = match hook {
+        "xdp" => (BPF_PROG_TYPE_XDP, 2),
+        "tc" => (BPF_PROG_TYPE_SCHED_CLS, 0),
+        "socket" => (BPF_PROG_TYPE_SOCKET_FILTER, SOCKET_KEEP),
+        _ => return Err(FilterError::invalid("hook: xdp, tc or socket")),
+    };
+    let insns = [Insn::new(0xb7, 0, 0, 0, ret), Insn::new(0x95, 0, 0, 0, 0)];
+    load_insns(prog_type, &insns, c"GPL", "floor")
+}
+
+/// BPF_PROG_LOAD; when refused, again with the verifier's log, whose end is the message.
+fn load_insns(
+    prog_type: u32,
+    insns: &[Insn],
+    license: &std::ffi::CStr,
+    name: &str,
+) -> Result<KernelProgram, FilterError> {
+    let code: Vec<u8> = insns.iter().flat_map(|i| i.to_bytes()).collect();
     let try_load = |log: &mut [u8]| {
         let mut attr = [0u64; 16];
         attr[0] = prog_type as u64 | ((insns.len() as u64) << 32);
@@ -219,7 +249,7 @@ pub fn load(
                 .join("\n");
             Err(FilterError {
                 errno,
-                message: format!("the kernel refused the {hook:?} filter program: {text}"),
+                message: text,
             })
         }
     }

@@ -22,7 +22,7 @@ from typing import Literal, TypeAlias, final
 __all__ = [
     "__version__", "Stack", "Port", "Socket", "VirtualEnd", "VirtualVlan", "AfPacket",
     "virtual_link", "monotonic_ns", "FilterProgram", "KernelProgram", "KernelCounters",
-    "set_port_filter", "attach_socket_filter",
+    "set_port_filter", "attach_socket_filter", "kernel_floor_program",
 ]
 
 __version__: str
@@ -525,6 +525,9 @@ class KernelCounters:
 
 def set_port_filter(port: Port, program: FilterProgram | None = None) -> None:
     """Run *program* in the port's RX path (None: no filter there)."""
+
+def kernel_floor_program(hook: str) -> KernelProgram:
+    """Benchmark hook: a program that only returns, for "xdp", "tc" or "socket"."""
 
 def attach_socket_filter(dev: AfPacket, program: KernelProgram) -> None:
     """Attach a kernel program as the AF_PACKET socket's filter (SO_ATTACH_BPF)."""
