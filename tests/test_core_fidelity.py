@@ -105,6 +105,7 @@ def test_select_and_poll_follow_the_receive_queue(pair):
     sa.oob_sendmsg([b"one"], address=(B_IP, 6000))
     sa.oob_sendmsg([b"two"], address=(B_IP, 6000))
     assert select.select([sb], [], [], 5)[0] == [sb]
+    assert wait_until(lambda: len(sb.core_socket) == 2)   # both queued (a loaded machine)
     poller = select.poll()
     poller.register(sb, select.POLLIN | select.POLLOUT)
     assert dict(poller.poll(0))[sb.fileno()] & select.POLLIN
