@@ -125,10 +125,12 @@ def rtd_line(rx_q: LatencySet, rx_d: LatencySet, tx_q: LatencySet, tx_d: Latency
     rx_usr = _us(rx_d.max) if rx_d.samples else 0.0
     tx_dev = _us(tx_q.max) if tx_q.samples else 0.0
     tx_usr = _us(tx_d.max) if tx_d.samples else 0.0
+    rx_best = _us(rx_d.all_min) if rx_d.all_samples else 0.0
+    rx_worst = _us(rx_d.all_max) if rx_d.all_samples else 0.0
     tx_best = _us(tx_d.all_min) if tx_d.all_samples else 0.0
     tx_worst = _us(tx_d.all_max) if tx_d.all_samples else 0.0
     return (f"RTD|{rx_dev:10.3f}|{rx_usr:10.3f}|{tx_dev:10.3f}|{tx_usr:10.3f}"
-            f"|{msw:4d}|{overruns:8d}|{_us(rx_d.all_min):10.3f}|{_us(rx_d.all_max):10.3f}"
+            f"|{msw:4d}|{overruns:8d}|{rx_best:10.3f}|{rx_worst:10.3f}"
             f"|{tx_best:10.3f}|{tx_worst:10.3f}")
 
 

@@ -32,20 +32,29 @@ How evlnet differs from EVL, and why:
 - ``msw`` (EVL: switches of the runner to the in-band stage) counts datagrams evlnet demoted to
   its in-band stage (a front-cache miss), its nearest equivalent.
 - ``-n`` disables the sequence check, as EVL's help says (EVL's code has it the other way
-  round). Lost datagrams are counted from serial gaps and from receive waits that time out
-  after the peer has answered once (``LOST_TIMEOUT``): EVL blocks forever and stalls; evlnet
-  goes on, so a peer that stops answering shows as lost datagrams, not as a hang.
+  round). Lost datagrams are counted from the gaps in the peer's serials (EVL overwrites its
+  count at each gap; evlnet adds them up). EVL blocks in the receive for ever and its display
+  stalls when the peer goes quiet; evlnet waits at most ``LOST_TIMEOUT_MAX`` per round and goes
+  on, and the rounds left without an answer at the end are reported apart ("rounds unanswered
+  at the end": the peer stopped, or its ``-T`` ended first), after the ``RTS|`` line, on an
+  evlnet line of its own: ``N datagrams received from the peer, L lost, I invalid, U rounds
+  unanswered at the end``.
 - ``-P`` gives the runner thread SCHED_FIFO when allowed; when refused (no root) latmus says
   so on stderr and runs at the default policy, and the header shows priority 0.
 - Bad options: EVL's ``** Uh, you lost me somewhere near ...`` and the usage, exit status 1
   (EVL's ``main`` returns 1); bad values: ``latmus: <message>: Invalid argument``, exit 1;
   ``-A`` exceeded: EVL's message, exit status 102.
 
-Beyond EVL: ``--rtt`` (both ends echo the other's datagrams at once, with ``~`` in place of
-``^``, and each end measures the round trip of its own), ``--compare-kernel`` (after the oob
-run, the same exchange for the same time over plain kernel UDP sockets from Python, port
-59060, with the kernel's software timestamps; then both side by side), ``--plot FILE.png``
-(matplotlib: the delay distributions, and the round trips when measured).
+Beyond EVL: ``--rtt``: each end also opens an echo socket (UDP 59061) served by its own
+thread, blocked in a receive; every period the runner sends its frame there too (marked ``~``),
+the peer's echo thread sends it straight back (marked ``=``), and the round trip is the time
+from the send call to the reply's return from the receive call; the echo threads also time
+"device -> a waiting receiver gets it". ``--compare-kernel``: after the oob run, the same
+exchange for the same time over plain kernel UDP sockets from Python (port 59060, echo 59062;
+loopback with ``--virtual``), with the kernel's software timestamps (SO_TIMESTAMPING: TX when
+the qdisc takes the packet and when the driver does; RX when the stack takes it from the
+device, converted from CLOCK_REALTIME), then both side by side. ``--plot FILE.png``
+(matplotlib): the distributions of the delays, and of the round trips when measured.
 """
 from __future__ import annotations
 
@@ -65,6 +74,8 @@ from typing import Any, TextIO
 from .. import (
     AF_INET,
     EVL_NEIGH_PERMANENT,
+    EVL_SOF_TIMESTAMP_DEVICE,
+    EVL_SOF_TIMESTAMP_RX,
     EVL_SOF_TIMESTAMPS,
     MSG_DONTWAIT,
     MSG_TIMESTAMP,
@@ -108,6 +119,8 @@ ECHO = ord("~")      # --rtt: a request to echo
 REPLY = ord("=")     # --rtt: the echo
 PROBE = ord("^")
 RTT_PORT = 59061
+#: --rtt's echo sockets: RX stamps at the device only (no TX records to collect)
+ECHO_STAMPS = EVL_SOF_TIMESTAMP_RX | EVL_SOF_TIMESTAMP_DEVICE
 
 
 class LatmusError(Exception):
@@ -200,6 +213,7 @@ class Options:
     compare_kernel: bool = False
     plot_png: str | None = None
     virtual: bool = False
+    peer_stops_after: float | None = None
 
 
 #: short option -> (long name, argument: 0 none, 1 required, 2 optional)
@@ -210,7 +224,8 @@ _SHORT = {"E": ("net", 1), "L": ("local-if", 1), "S": ("packet-size", 1), "n": (
           "K": ("keep-going", 0), "m": ("measure", 0), "h": ("help", 0)}
 _LONG = {name: (short, arg) for short, (name, arg) in _SHORT.items()}
 _LONG.update({"local-ip": ("L", 1), "max-abort": ("A", 1), "rtt": ("rtt", 0),
-              "compare-kernel": ("compare-kernel", 0), "virtual": ("virtual", 0)})
+              "compare-kernel": ("compare-kernel", 0), "virtual": ("virtual", 0),
+              "peer-stops-after": ("peer-stops-after", 1)})
 #: EVL's other test modes: recognised, refused (evlnet's latmus has the network test only)
 _OTHER_MODES = set("ikustrbzZIOM")
 
@@ -239,6 +254,7 @@ evlnet's own:
    --compare-kernel        then run the same exchange over kernel UDP sockets (port 59060)
                            for the same time, and print both side by side (needs -T)
    --plot=<file>.png       draw the delay distributions (and round trips) with matplotlib
+   --peer-stops-after=<s>  --virtual: the peer stops answering after <s> seconds (losses)
 """
 
 
@@ -409,6 +425,13 @@ def _apply(o: Options, key: str, value: str | None) -> None:
         o.compare_kernel = True
     elif key == "virtual":
         o.virtual = True
+    elif key == "peer-stops-after":
+        try:
+            o.peer_stops_after = float(v)
+        except ValueError:
+            o.peer_stops_after = -1.0
+        if not o.peer_stops_after >= 0:
+            raise LatmusError("invalid --peer-stops-after", errno.EINVAL)
     # -K (keep going), -m (measure): nothing to do here
 
 
@@ -427,6 +450,9 @@ def check_options(o: Options, err: TextIO) -> None:
             raise LatmusError(f"--virtual makes its own link: this end is -E 192.0.2.2 "
                               f"-L {VIRTUAL_IFS[0]}", errno.EINVAL)
         o.host, o.netif = "192.0.2.2", VIRTUAL_IFS[0]
+    elif o.peer_stops_after is not None:
+        raise LatmusError("--peer-stops-after needs --virtual (the peer in this process)",
+                          errno.EINVAL)
     if o.host is None:
         raise LatmusError("evlnet's latmus has the network test only (-E <host> -L <netif>, "
                           "or --virtual)", errno.EINVAL)
@@ -465,7 +491,7 @@ class OobTransport:
     required_sets = 4          # EVL prints the summary only when all four sets have samples
 
     def __init__(self, stack: Stack, local_ip: str, peer: tuple[str, int],
-                 port: int = LATMUS_NET_PORT, stamps: bool = True) -> None:
+                 port: int = LATMUS_NET_PORT, stamps: int = EVL_SOF_TIMESTAMPS) -> None:
         self.stack = stack
         self.peer = peer
         self.sock = stack.socket(AF_INET, SOCK_DGRAM | SOCK_OOB)
@@ -475,7 +501,7 @@ class OobTransport:
             except OSError as exc:
                 raise LatmusError(f"{peer[0]} did not respond", exc.errno or errno.EIO) from None
             if stamps:
-                self.sock.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
+                self.sock.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, stamps)
             try:
                 self.sock.bind((local_ip, port))
             except OSError as exc:
@@ -528,6 +554,10 @@ SOF_TIMESTAMPING_OPT_ID = 1 << 7
 SOF_TIMESTAMPING_TX_SCHED = 1 << 8
 SOF_TIMESTAMPING_OPT_TSONLY = 1 << 11
 SCM_TSTAMP_SND, SCM_TSTAMP_SCHED = 0, 1
+KERNEL_STAMPS = (SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_TX_SCHED
+                 | SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
+                 | SOF_TIMESTAMPING_OPT_ID | SOF_TIMESTAMPING_OPT_TSONLY)
+KERNEL_RX_STAMPS = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
 IP_RECVERR = 11
 _TIMESPEC3 = struct.Struct("=qqqqqq")
 _EXTERR = struct.Struct("=IBBBBII")        # struct sock_extended_err (first 16 bytes)
@@ -541,20 +571,17 @@ class KernelTransport:
     stamps are CLOCK_REALTIME and converted to CLOCK_MONOTONIC."""
 
     label = "kernel"
-    required_sets = 1          # no RX queuing point in the kernel
+    required_sets = 2          # no RX queuing or socket-queue point in the kernel: TX only
 
     def __init__(self, local: tuple[str, int], peer: tuple[str, int],
-                 stamps: bool = True) -> None:
+                 stamps: int = KERNEL_STAMPS) -> None:
         self.peer = peer
         s = _pysocket.socket(_pysocket.AF_INET, _pysocket.SOCK_DGRAM)
         self.sock = s
-        self.stamps = stamps
+        self.stamps = bool(stamps & SOF_TIMESTAMPING_TX_SOFTWARE)
         try:
             if stamps:
-                s.setsockopt(SOL_SOCKET, SO_TIMESTAMPING,
-                             SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_TX_SCHED
-                             | SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
-                             | SOF_TIMESTAMPING_OPT_ID | SOF_TIMESTAMPING_OPT_TSONLY)
+                s.setsockopt(SOL_SOCKET, SO_TIMESTAMPING, stamps)
             s.bind(local)
         except OSError as exc:
             s.close()
@@ -622,12 +649,11 @@ class KernelTransport:
             for _, ev in self._poll.poll(left * 1000):
                 if ev & select.POLLERR:    # TX stamps queued: keep them for collect_tx
                     self._pending += self.collect_tx()
-        now = time.monotonic_ns()
         for level, typ, data in anc:
             if level == SOL_SOCKET and typ == SO_TIMESTAMPING and len(data) >= 48:
                 sec, nsec = _TIMESPEC3.unpack_from(data)[:2]
                 if sec or nsec:
-                    return n, (self._mono(sec, nsec), 0, now)
+                    return n, (self._mono(sec, nsec), 0, 0)
         return n, None
 
     def in_band_switches(self) -> int:
@@ -644,9 +670,11 @@ class RttEcho:
     ``=``; this end's echo thread takes the reply and records the round trip (send call ->
     reply returned by the receive call), the same way on both paths."""
 
-    def __init__(self, transport: Any, size: int, rtt: LatencySet) -> None:
+    def __init__(self, transport: Any, size: int, rtt: LatencySet,
+                 rx_wait: LatencySet) -> None:
         self.t = transport
         self.rtt = rtt
+        self.rx_wait = rx_wait
         self.size = size
         self.sent_at = [(-1, 0)] * 4096        # serial % 4096 -> (serial, send time)
         self.frame = bytearray(size)
@@ -669,12 +697,14 @@ class RttEcho:
         buf = bytearray(self.size)
         while not self.stop.is_set():
             try:
-                n, _ = self.t.recv(buf, 0.05)
+                n, times = self.t.recv(buf, 0.05)
             except TimeoutError:
                 continue
             except OSError:
                 return
             t_ret = time.monotonic_ns()
+            if times is not None and times[0]:
+                self.rx_wait.add(t_ret - times[0])     # device -> a waiting receiver
             if n != self.size:
                 continue
             if buf[0] == ECHO:                 # the peer's request: answer at once
@@ -742,11 +772,15 @@ class NetRunner:
         self.rx_d = LatencySet("RX delivery", cells, hdr)
         self.tx_q = LatencySet("TX queuing", cells, hdr)
         self.tx_d = LatencySet("TX delivery", cells, hdr)
-        self.rx_app = LatencySet("RX to application", 0, hdr)
+        #: --rtt: device -> the return of a receive call that was waiting (the echo thread)
+        self.rx_app = LatencySet("RX to a waiting receiver", 0, hdr)
         self.rtt = LatencySet("round trip", 0, hdr)
         self.sets = (self.rx_q, self.rx_d, self.tx_q, self.tx_d)
         self.overruns = 0
+        #: the peer's datagrams that never came, from the gaps in its serials
         self.lost = 0
+        #: rounds at the end with no datagram from the peer (it stopped, or ended first)
+        self.unanswered = 0
         self.invalid = 0
         self.received = 0
         self.missed_since_rx = 0
@@ -759,6 +793,8 @@ class NetRunner:
         self.abort_message: str | None = None
         #: --rtt: this end's echo socket and thread (set by the caller)
         self.echo: RttEcho | None = None
+        #: stop exchanging after this many seconds (--peer-stops-after, the in-process peer)
+        self.stop_after: float | None = None
         self._abort_ns = opts.abort_us * 1000
 
     # -- the loop ---------------------------------------------------------------------------
@@ -794,8 +830,7 @@ class NetRunner:
             stop.set()
         finally:
             self.duration = int(time.monotonic() - t0)
-            self.lost += self.missed_since_rx if self.last_serial is not None else 0
-            self.missed_since_rx = 0
+            self.unanswered = self.missed_since_rx if self.last_serial is not None else 0
 
     def _tx(self, frame: bytearray | memoryview) -> None:
         try:
@@ -832,7 +867,7 @@ class NetRunner:
                 return                         # the run ended, not the peer
             left = end - t
             if left <= 0:
-                self.missed_since_rx += 1      # counted lost once the peer answered
+                self.missed_since_rx += 1      # no datagram this round
                 return
             try:
                 n, times = self.t.recv(buf, min(left, 0.05))
@@ -864,8 +899,8 @@ class NetRunner:
         if device:
             if queuing:
                 self._add(self.rx_q, queuing - device)
-            self._add(self.rx_d, delivery - device)
-            self._add(self.rx_app, t_ret - device)
+            if delivery:
+                self._add(self.rx_d, delivery - device)
         if seq % self.rounds_per_sec == 0:
             line_no = seq // self.rounds_per_sec
             if self.o.verbosity > 0:
@@ -887,12 +922,12 @@ class NetRunner:
             lines += rts_lines(self.sets, self.t.in_band_switches(), self.overruns,
                                self.duration, self.o.timeout_s)
         lines.append(f"{self.received} datagrams received from the peer, {self.lost} lost, "
-                     f"{self.invalid} invalid")
+                     f"{self.invalid} invalid, {self.unanswered} rounds unanswered at the end")
         return lines
 
     def gnuplot_extra(self) -> list[str]:
         return [f"RX received: {self.received}", f"RX lost: {self.lost}",
-                f"RX invalid: {self.invalid}"]
+                f"RX invalid: {self.invalid}", f"RX unanswered at the end: {self.unanswered}"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -941,7 +976,11 @@ def _run_phase(runners: Sequence[tuple[NetRunner, bool]], opts: Options, err: Te
                 r.priority = _apply_priority(opts.priority, err)
             else:
                 r.priority = 0
-            r.run(stop, deadline)
+            end = deadline
+            if r.stop_after is not None:
+                quit_at = time.monotonic() + r.stop_after
+                end = quit_at if end is None else min(end, quit_at)
+            r.run(stop, end)
         th = threading.Thread(target=body, name=f"net-runner:{os.getpid()}", daemon=True)
         threads.append(th)
         th.start()
@@ -955,9 +994,14 @@ def _run_phase(runners: Sequence[tuple[NetRunner, bool]], opts: Options, err: Te
         t.join(2.0)
 
 
-def run(opts: Options, out: TextIO, err: TextIO,
-        stop: threading.Event | None = None) -> int:
-    """Set up and run the test as EVL's ``run_net_test`` does; returns the exit status."""
+def run(opts: Options, out: TextIO, err: TextIO, stop: threading.Event | None = None,
+        report: dict[str, Any] | None = None) -> int:
+    """Set up and run the test as EVL's ``run_net_test`` does; returns the exit status.
+
+    *report*, when given, receives the measuring runners by path (``"evlnet"``, ``"kernel"``)
+    under ``"runners"`` and each port's ``DevStat`` under ``"stats"``, for callers such as the
+    demo."""
+    report = {} if report is None else report
     stop = stop or threading.Event()
     hdr = bool(opts.rtt or opts.compare_kernel or opts.plot_png)
     if opts.cpu >= 0:
@@ -997,21 +1041,25 @@ def run(opts: Options, out: TextIO, err: TextIO,
             transports.append(t_a)
             main = NetRunner(t_a, opts, printer, "net", hdr)
             peer_b = NetRunner(t_b, opts, Output(None), "net", hdr)
+            peer_b.stop_after = opts.peer_stops_after
             peer: NetRunner | None = peer_b
             if opts.rtt:
                 for r, st_x, ip_x, ip_y in ((peer_b, st_b, ip_b, ip_a),
                                             (main, st_a, ip_a, ip_b)):
                     r.echo = RttEcho(OobTransport(st_x, ip_x, (ip_y, RTT_PORT), RTT_PORT,
-                                                  stamps=False), opts.packet_size, r.rtt)
+                                                  ECHO_STAMPS), opts.packet_size, r.rtt,
+                                     r.rx_app)
                     transports.insert(0, r.echo)
         else:
             st = Stack("latmus")
             stacks.append(st)
             try:
-                st.enable_port(opts.netif)
+                port = st.enable_port(opts.netif)
             except OSError as exc:
                 raise LatmusError(f"{opts.netif} is not an out-of-band networking port",
                                   exc.errno or errno.EINVAL) from None
+            if opts.verbosity > 0 and not port.oob_capable:
+                err.write(f"{opts.netif}: {port.stats().capability_note()}\n")
             local_ip = _local_ip(st, opts.netif)
             t_a = OobTransport(st, local_ip, (peer_ip, LATMUS_NET_PORT))
             transports.append(t_a)
@@ -1019,7 +1067,8 @@ def run(opts: Options, out: TextIO, err: TextIO,
             peer = None
             if opts.rtt:
                 main.echo = RttEcho(OobTransport(st, local_ip, (peer_ip, RTT_PORT), RTT_PORT,
-                                                 stamps=False), opts.packet_size, main.rtt)
+                                                 ECHO_STAMPS), opts.packet_size, main.rtt,
+                                    main.rx_app)
                 transports.insert(0, main.echo)
         pairs = [(main, True)] + ([(peer, False)] if peer is not None else [])
         _run_phase(pairs, opts, err, stop)
@@ -1030,6 +1079,9 @@ def run(opts: Options, out: TextIO, err: TextIO,
         for line in main.summary():
             printer.line(line)
         results = {"evlnet": main}
+        report["runners"] = results
+        report["stats"] = {name: st.get_stats(port) for st in stacks
+                           for name, port in st.ports.items()}
         if opts.compare_kernel:
             kernel = _kernel_phase(opts, printer, err, stacks, peer_ip, hdr)
             if kernel is None:
@@ -1081,8 +1133,8 @@ def _kernel_phase(opts: Options, printer: Output, err: TextIO, stacks: list[Stac
             pairs.append((peer, False))
         if opts.rtt:
             for (runner, _), (local, remote) in zip(pairs, echo_ends):
-                runner.echo = RttEcho(KernelTransport(local, remote, stamps=False),
-                                      opts.packet_size, runner.rtt)
+                runner.echo = RttEcho(KernelTransport(local, remote, KERNEL_RX_STAMPS),
+                                      opts.packet_size, runner.rtt, runner.rx_app)
                 closing.insert(0, runner.echo)
         _run_phase(pairs, opts, err, stop)
         message = _abort_message(main, peer)
@@ -1108,12 +1160,12 @@ def _fmt(v: float | None) -> str:
 def side_by_side(results: dict[str, NetRunner], opts: Options) -> list[str]:
     """The evlnet and kernel figures in one table (µs; min/p50/p99/max per delay)."""
     names = list(results)
-    rows = [("rx user (device -> queued for the app)", "rx_d"),
-            ("rx app (device -> receive call returns)", "rx_app"),
+    rows = [("rx user (device -> queued on the socket)", "rx_d"),
             ("tx sched (send call -> qdisc)", "tx_q"),
             ("tx user (send call -> device)", "tx_d")]
     if opts.rtt:
-        rows.append(("round trip", "rtt"))
+        rows += [("rx (device -> waiting receiver returns)", "rx_app"),
+                 ("round trip (send call -> echo returns)", "rtt")]
     head = f"{'delay (us): min / p50 / p99 / max':<42}" + "".join(
         f"{n + (' oob' if n == 'evlnet' else ' UDP'):>34}" for n in names)
     lines = [head, "-" * len(head)]
