@@ -39,18 +39,20 @@ def reading(runner: Any, period_us: int, size: int, seconds: int) -> str:
         f"{size}-byte UDP datagram to the other and evlnet stamped it where EVL does. Each "
         f"RTD line covers one second and shows the worst delay of that second; the RTS line "
         f"sums up the run with the worst of all (microseconds). 'rx sched' is how long a "
-        f"received frame waited between the device and the port's receive thread (typically "
-        f"{_p50(r.rx_q)}, worst {_worst(r.rx_q)}); 'rx user' until it was queued for the "
-        f"application ({_p50(r.rx_d)} / {_worst(r.rx_d)}); 'tx sched' from the send call to "
-        f"the transmit queue ({_p50(r.tx_q)} / {_worst(r.tx_q)}) and 'tx user' to the device "
-        f"({_p50(r.tx_d)} / {_worst(r.tx_d)}). 'msw' counts sends that had to take the slow "
+        f"received frame waited between the device and the port's receive thread (this run: "
+        f"typically {_p50(r.rx_q)} us, worst {_worst(r.rx_q)} us); 'rx user' until it was "
+        f"queued for the application (typically {_p50(r.rx_d)}, worst {_worst(r.rx_d)}); "
+        f"'tx sched' from the send call to the transmit queue ({_p50(r.tx_q)} / "
+        f"{_worst(r.tx_q)}) and 'tx user' to the device ({_p50(r.tx_d)} / {_worst(r.tx_d)}); "
+        f"'rx best' and 'rx worst' (and 'tx ...') are the lowest and highest 'user' delays so "
+        f"far. 'msw' counts sends that had to take the slow "
         f"in-band path and 'overrun' sends that found no free buffer: both should read 0. "
         f"{r.received} datagrams arrived from the peer, {r.lost} were lost and {r.invalid} "
         f"were invalid.{rtt} Typical values are what the data path costs; the worst ones on "
         f"a shared machine are mostly the scheduler running something else (both ends and "
         f"their Python threads share this process and its CPUs here). For two stacks in two "
         f"network namespaces over a veth pair, next to the kernel's UDP path: "
-        f"`./run latmus-veth` (root).", width=96)
+        f"`./run latmus-veth` (root).", width=96, break_on_hyphens=False)
 
 
 def run(seconds: float = 10.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr,

@@ -829,7 +829,7 @@ class NetRunner:
         except Aborted:
             stop.set()
         finally:
-            self.duration = int(time.monotonic() - t0)
+            self.duration = round(time.monotonic() - t0)
             self.unanswered = self.missed_since_rx if self.last_serial is not None else 0
 
     def _tx(self, frame: bytearray | memoryview) -> None:
@@ -965,9 +965,11 @@ def _apply_priority(prio: int, err: TextIO) -> int:
         return 0
 
 
-def _run_phase(runners: Sequence[tuple[NetRunner, bool]], opts: Options, err: TextIO,
-               stop: threading.Event) -> None:
-    """Run the runners (each in its own thread) for -T seconds or until *stop*."""
+def _run_phase(main: NetRunner, peer: NetRunner | None, opts: Options, printer: Output,
+               err: TextIO, stop: threading.Event) -> bool:
+    """Run this end (and the in-process peer), each in its own thread, for -T seconds or until
+    *stop*; then print the summary. False when -A aborted (EVL: its message, no summary)."""
+    runners = [(main, True)] + ([(peer, False)] if peer is not None else [])
     deadline = time.monotonic() + opts.timeout_s if opts.timeout_s else None
     threads = []
     for runner, main_end in runners:
@@ -992,6 +994,13 @@ def _run_phase(runners: Sequence[tuple[NetRunner, bool]], opts: Options, err: Te
     stop.set()
     for t in threads:
         t.join(2.0)
+    message = main.abort_message or (peer.abort_message if peer is not None else None)
+    if message:
+        err.write(message + "\n")
+        return False
+    for line in main.summary():
+        printer.line(line)
+    return True
 
 
 def run(opts: Options, out: TextIO, err: TextIO, stop: threading.Event | None = None,
@@ -1070,14 +1079,8 @@ def run(opts: Options, out: TextIO, err: TextIO, stop: threading.Event | None = 
                                                  ECHO_STAMPS), opts.packet_size, main.rtt,
                                     main.rx_app)
                 transports.insert(0, main.echo)
-        pairs = [(main, True)] + ([(peer, False)] if peer is not None else [])
-        _run_phase(pairs, opts, err, stop)
-        message = _abort_message(main, peer)
-        if message:
-            err.write(message + "\n")
+        if not _run_phase(main, peer, opts, printer, err, stop):
             return EXIT_ABORT
-        for line in main.summary():
-            printer.line(line)
         results = {"evlnet": main}
         report["runners"] = results
         report["stats"] = {name: st.get_stats(port) for st in stacks
@@ -1126,31 +1129,18 @@ def _kernel_phase(opts: Options, printer: Output, err: TextIO, stacks: list[Stac
     closing += [ka] + ([kb] if kb is not None else [])
     try:
         main = NetRunner(ka, opts, printer, context, hdr)
-        pairs = [(main, True)]
         peer = None
         if kb is not None:
             peer = NetRunner(kb, opts, Output(None), context, hdr)
-            pairs.append((peer, False))
         if opts.rtt:
-            for (runner, _), (local, remote) in zip(pairs, echo_ends):
+            for runner, (local, remote) in zip([main] + ([peer] if peer else []), echo_ends):
                 runner.echo = RttEcho(KernelTransport(local, remote, KERNEL_RX_STAMPS),
                                       opts.packet_size, runner.rtt, runner.rx_app)
                 closing.insert(0, runner.echo)
-        _run_phase(pairs, opts, err, stop)
-        message = _abort_message(main, peer)
-        if message:
-            err.write(message + "\n")
-            return None
-        for line in main.summary():
-            printer.line(line)
-        return main
+        return main if _run_phase(main, peer, opts, printer, err, stop) else None
     finally:
         for c in closing:
             c.close()
-
-
-def _abort_message(main: NetRunner, peer: NetRunner | None) -> str | None:
-    return main.abort_message or (peer.abort_message if peer is not None else None)
 
 
 def _fmt(v: float | None) -> str:
