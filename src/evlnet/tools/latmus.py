@@ -227,7 +227,9 @@ _LONG.update({"local-ip": ("L", 1), "max-abort": ("A", 1), "rtt": ("rtt", 0),
               "compare-kernel": ("compare-kernel", 0), "virtual": ("virtual", 0),
               "peer-stops-after": ("peer-stops-after", 1)})
 #: EVL's other test modes: recognised, refused (evlnet's latmus has the network test only)
-_OTHER_MODES = set("ikustrbzZIOM")
+_OTHER_MODES = set("ikustzZIO")
+#: EVL options of its other modes or of daemon use that evlnet does not offer
+_UNSUPPORTED = set("rbM")
 
 USAGE = """\
 usage: latmus [options]:
@@ -337,7 +339,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         j = 1
         while j < len(word):
             ch = word[j]
-            if ch in _OTHER_MODES:
+            if ch in _OTHER_MODES or ch in _UNSUPPORTED:
                 given.append((ch, None, i))
                 j += 1
                 continue
@@ -370,6 +372,8 @@ def parse_args(argv: Sequence[str]) -> Options:
 
 def _apply(o: Options, key: str, value: str | None) -> None:
     v = value or ""
+    if key in _UNSUPPORTED:
+        raise LatmusError(f"-{key} is not supported by evlnet's latmus", errno.EINVAL)
     if key in _OTHER_MODES:
         raise LatmusError("evlnet's latmus has the network test only (-E <host> -L <netif>, "
                           "or --virtual)", errno.EINVAL)
