@@ -788,6 +788,7 @@ class NetRunner:
         self.invalid = 0
         self.received = 0
         self.missed_since_rx = 0
+        self.lines_printed = 0
         self.last_serial: int | None = None
         self.priority = opts.priority if priority is None else priority
         self.cpu = opts.cpu
@@ -826,6 +827,9 @@ class NetRunner:
                 if delay > 0:
                     time.sleep(delay / 1e9)
                 next_tick += self.period_ns
+                late = now() - next_tick
+                if late >= 0:                  # expiries missed: one read takes them all,
+                    next_tick += (late // self.period_ns + 1) * self.period_ns   # as EVL's
                 for rec in self.t.collect_tx():
                     self._log_tx(rec)
                 self._rx(rbuf, seq, stop, deadline)
@@ -863,8 +867,10 @@ class NetRunner:
 
     def _rx(self, buf: bytearray, seq: int, stop: threading.Event,
             deadline: float | None) -> None:
-        """Receive the peer's frame of this round (echoes of ours are handled on the way)."""
-        end = time.monotonic() + self.lost_timeout
+        """Receive the peer's frame of this round. Until the peer's first frame this waits
+        as long as the run lasts (EVL waits for ever: the peer may start later); after it, at
+        most ``lost_timeout``, and a round without a frame is counted as unanswered."""
+        end = time.monotonic() + (self.lost_timeout if self.received else 1e9)
         while True:
             t = time.monotonic()
             if stop.is_set() or (deadline is not None and t >= deadline):
@@ -906,14 +912,16 @@ class NetRunner:
             if delivery:
                 self._add(self.rx_d, delivery - device)
         if seq % self.rounds_per_sec == 0:
-            line_no = seq // self.rounds_per_sec
             if self.o.verbosity > 0:
-                if self.o.lines and line_no % self.o.lines == 0:
+                # EVL numbers its lines by round (its receive never misses one); counting the
+                # lines printed is the same then, and keeps the header first when one is missed
+                if self.o.lines and self.lines_printed % self.o.lines == 0:
                     self.out.line(rtt_line(self._elapsed(), self.context, self.o.period_us,
                                            self.priority, self.cpu, self.isolated))
                     self.out.line(rth_line())
                 self.out.line(rtd_line(self.rx_q, self.rx_d, self.tx_q, self.tx_d,
                                        self.t.in_band_switches(), self.overruns))
+                self.lines_printed += 1
             for st in self.sets:
                 st.reset_window()
 
@@ -1002,6 +1010,9 @@ def _run_phase(main: NetRunner, peer: NetRunner | None, opts: Options, printer: 
     if message:
         err.write(message + "\n")
         return False
+    if not main.received:
+        err.write(f"{PROG}: no datagram came from {opts.host} ({main.context}): is latmus -E "
+                  f"running there, pointing back?\n")
     for line in main.summary():
         printer.line(line)
     return True
