@@ -156,6 +156,15 @@ def test_peer_that_stops_answering_leaves_rounds_unanswered():
     assert received > 0 and unanswered > 0 and invalid == 0
 
 
+def test_silent_peer_is_reported():
+    p = run_latmus("--virtual", "-T", "1", "--peer-stops-after", "0")
+    assert p.returncode == 0, p.stderr
+    assert "RTS|" not in p.stdout and "RTD|" not in p.stdout      # EVL: no data, no summary
+    assert "0 datagrams received from the peer, 0 lost, 0 invalid" in p.stdout
+    assert p.stderr.endswith("latmus: no datagram came from 192.0.2.2 (net): is latmus -E "
+                             "running there, pointing back?\n"), p.stderr
+
+
 def test_abort_threshold_exits_102():
     p = run_latmus("--virtual", "-T", "5", "-A", "1")
     assert p.returncode == 102, (p.stdout, p.stderr)
