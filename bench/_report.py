@@ -280,12 +280,10 @@ def machine_info() -> dict:
 
 def plot_rtt(res: Results, path: Path) -> bool:
     """RTT percentile curves and histograms of this run (evlnet and kernel, idle and +burner;
-    the raw AF_PACKET reference thin)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    the raw AF_PACKET reference thin), drawn by ``evlnet.tools.histplot`` as latmus' are."""
+    from evlnet.tools.histplot import Series, draw_distributions, pyplot
 
+    plt = pyplot()
     series = []
     colours = {"evlnet": "tab:red", "kernel": "tab:blue", "raw": "tab:gray",
                "evlnet (virtual link)": "tab:orange"}
@@ -293,45 +291,17 @@ def plot_rtt(res: Results, path: Path) -> bool:
         for impl in ("evlnet", "kernel", "raw"):
             r = res.rtt[phase].get(impl)
             if r and r.get("hist") is not None and r["hist"].get_total_count():
-                series.append((f"{impl} ({phase})", impl, style, r["hist"]))
+                series.append(Series(f"{impl} ({phase})", colours[impl], r["hist"], style,
+                                     0.8 if impl == "raw" else 1.6))
     if "evlnet" not in res.rtt["idle"] and res.virtual.get("rtt"):
-        series.append(("evlnet (virtual link, in-process; not comparable)",
-                       "evlnet (virtual link)", ":", res.virtual["rtt"]["hist"]))
+        series.append(Series("evlnet (virtual link, in-process; not comparable)",
+                             colours["evlnet (virtual link)"], res.virtual["rtt"]["hist"], ":"))
     if not series:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    pcts = np.concatenate([np.linspace(0, 90, 46), 100 - np.logspace(1, -3, 60)])
-    for label, impl, style, h in series:
-        xs = 1.0 / (1.0 - pcts / 100.0)
-        ys = [h.get_value_at_percentile(float(p)) / 1000.0 for p in pcts]
-        lw = 0.8 if impl == "raw" else 1.6
-        ax1.plot(xs, ys, style, color=colours[impl], lw=lw, label=label)
-        vals, counts = [], []
-        for it in h.get_recorded_iterator():
-            vals.append(it.value_iterated_to / 1000.0)
-            counts.append(it.count_added_in_this_iter_step)
-        if vals:
-            lo, hi = max(min(vals), 0.5), max(vals) * 1.01
-            bins = np.logspace(np.log10(lo), np.log10(hi), 80) if hi > lo else 10
-            ax2.hist(vals, bins=bins, weights=np.array(counts) / sum(counts), histtype="step",
-                     color=colours[impl], ls=style, lw=lw, label=label)
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ticks = [1, 10, 100, 1000, 10000]
-    ax1.set_xticks(ticks)
-    ax1.set_xticklabels(["0%", "90%", "99%", "99.9%", "99.99%"])
-    ax1.set_xlabel("percentile")
-    ax1.set_ylabel("round trip (us)")
+    draw_distributions(ax1, ax2, series, value_label="round trip (us)")
     ax1.set_title("RTT percentile distribution")
-    ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=8)
-    ax2.set_xscale("log")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("round trip (us)")
-    ax2.set_ylabel("fraction of round trips")
     ax2.set_title("RTT histogram")
-    ax2.grid(True, which="both", alpha=0.3)
-    ax2.legend(fontsize=8)
     p = res.params
     fig.suptitle(f"UDP {p.get('size', 64)}-byte round trips over veth between two namespaces "
                  f"(N={p.get('round_trips', '?')} per path and phase)")

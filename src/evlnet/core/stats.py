@@ -49,6 +49,11 @@ class DevStat:
     csum_errors: int = 0
     rx_nomem: int = 0
     tx_nomem: int = 0
+    #: Whether the device moves frames straight from the oob threads (EVL: an oob-capable
+    #: driver). ``no`` is not a failure: on Linux interfaces (AF_PACKET) frames cross the
+    #: kernel's packet ring, as EVL relays them through in-band NAPI and the in-band xmit for a
+    #: driver without oob support; the port works, and every per-packet decision is still made
+    #: by the oob threads. The embedded virtual link is oob-capable. See ``capability_note``.
     oob_capable: bool = False
     oob_port: bool = False
     #: evlnet's extra drop counters and device/kernel counters, by name
@@ -73,8 +78,20 @@ class DevStat:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def capability_note(self) -> str:
+        """A plain-language reading of ``oob capability`` for tools to print beside the ``-Q``
+        block (which stays byte for byte EVL's)."""
+        if self.oob_capable:
+            return ("oob capability: yes -- frames move between the device and the oob "
+                    "threads directly")
+        return ("oob capability: no -- not a failure: this device (a Linux interface, through "
+                "AF_PACKET) has no oob driver, so frames cross the kernel's packet ring, as EVL "
+                "relays them through the in-band stage for such drivers; the port works and "
+                "the oob threads still handle every packet")
+
     def format_query(self, modifiers: str = "") -> str:
-        """Render as ``evl net -Q[RrTtosfacx]`` prints it."""
+        """Render as ``evl net -Q[RrTtosfacx]`` prints it, byte for byte EVL's (so
+        ``oob capability: no`` is printed bare; ``capability_note`` explains it)."""
         if not modifiers:
             return (f"oob capability: {'yes' if self.oob_capable else 'no'}\n"
                     f"    rx packets: {self.rx_packets}\n"

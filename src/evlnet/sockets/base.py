@@ -167,6 +167,7 @@ class OobSocket(ABC):
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` was called."""
         return self._closed
 
     def _check_open(self) -> None:
@@ -174,9 +175,13 @@ class OobSocket(ABC):
             raise oserror(errno.EBADF, "socket is closed")
 
     def setblocking(self, flag: bool) -> None:
+        """``setblocking(False)`` makes every oob call behave as with ``MSG_DONTWAIT`` (EVL: an
+        ``O_NONBLOCK`` fd): a receive with nothing queued, or a send with no free buffer,
+        raises ``BlockingIOError`` (EWOULDBLOCK) instead of waiting."""
         self._nonblocking = not flag
 
     def getblocking(self) -> bool:
+        """False after ``setblocking(False)``, as Python's ``socket.getblocking``."""
         return not self._nonblocking
 
     # -- subclass hooks -----------------------------------------------------------------------
@@ -449,6 +454,7 @@ class OobSocket(ABC):
             self.core_socket.error = err
 
     def port_up(self) -> None:
+        """A port came (back) up: clear the error ``port_down`` left (called by the stack)."""
         if not self._closed:
             self.core_socket.error = 0
 

@@ -16,6 +16,10 @@ ETH_HLEN = 14
 
 
 class PacketSocket(OobSocket):
+    """An oob packet socket: whole Ethernet frames of one EtherType (``proto``; 0 = none until
+    bound, ETH_P_ALL = every frame), received from and sent on enabled oob ports with
+    ``oob_recvmsg``/``oob_sendmsg``. The address is Python's AF_PACKET tuple."""
+
     def __init__(self, stack, family, sock_type, proto, kernel_sock=None) -> None:
         super().__init__(stack, family, sock_type, proto, kernel_sock)
         self.ethertype = _pysocket.ntohs(proto)
@@ -49,6 +53,7 @@ class PacketSocket(OobSocket):
             stack.packet.listen(self, self.ethertype)
 
     def getsockname(self):
+        """``(ifname, ethertype, 0, 1, b"")``; ifname is "" while unbound."""
         name = self.bound_port.name if self.bound_port else ""
         return (name, self.ethertype, 0, 1, b"")
 
@@ -56,6 +61,8 @@ class PacketSocket(OobSocket):
         self.stack.packet.unlisten(self)
 
     def port_down(self, port, err: int) -> None:
+        """A port went down: wake blocked receivers with *err* when it is this socket's port
+        (or the socket listens on every port)."""
         if self.bound_port is None or self.bound_port is port:
             super().port_down(port, err)
 

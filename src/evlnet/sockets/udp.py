@@ -159,11 +159,13 @@ class UdpSocket(OobSocket):
             self.stack.kernel_connect(self, addr, port)
 
     def getsockname(self) -> tuple[str, int]:
+        """The bound ``(address, port)``; ``("0.0.0.0", 0)`` while unbound."""
         if self.local is None:
             return ("0.0.0.0", 0)
         return (format_ip(self.local[0]), self.local[1])
 
     def getpeername(self) -> tuple[str, int]:
+        """The connected ``(address, port)``; ENOTCONN when not connected."""
         if self.remote is None:
             raise oserror(errno.ENOTCONN, "socket is not connected")
         return (format_ip(self.remote[0]), self.remote[1])
@@ -196,12 +198,17 @@ class UdpSocket(OobSocket):
 
     # -- conveniences ---------------------------------------------------------------------------
     def oob_sendto(self, data, address, flags: int = 0, **kw) -> int:
+        """``oob_sendmsg([data], (), flags, address)``: one datagram to *address*; *kw* takes
+        ``timeout``/``abs_timeout_ns``. Returns the bytes sent (0 when demoted in-band)."""
         return self.oob_sendmsg([data], (), flags, address, **kw)
 
     def oob_send(self, data, flags: int = 0, **kw) -> int:
+        """``oob_sendmsg([data], (), flags)`` to the connected peer (EDESTADDRREQ if none)."""
         return self.oob_sendmsg([data], (), flags, None, **kw)
 
     def oob_recvfrom(self, bufsize: int, flags: int = 0, **kw):
+        """``oob_recvmsg`` without control data: ``(data, (address, port))``; *kw* takes
+        ``timeout``/``abs_timeout_ns``."""
         data, _, _, addr = self.oob_recvmsg(bufsize, 0, flags, **kw)
         return data, addr
 
@@ -219,6 +226,8 @@ class UdpSocket(OobSocket):
         return flags | _pysocket.MSG_DONTWAIT if self._nonblocking else flags
 
     def send(self, data, flags: int = 0) -> int:
+        """In-band send to the connected peer through the genuine kernel socket (Linux ports
+        only: EOPNOTSUPP otherwise); the kernel's stack carries it, not the oob port."""
         k = self._genuine()
         if self.remote is None:
             raise oserror(errno.EDESTADDRREQ, "socket is not connected")
@@ -239,15 +248,20 @@ class UdpSocket(OobSocket):
         return k.sendto(data, self._inband_flags(flags), address)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """In-band receive from the genuine kernel socket (see ``send``). Datagrams the oob
+        port diverts never arrive here: use ``oob_recvmsg`` for those."""
         return self._genuine().recv(bufsize, self._inband_flags(flags))
 
     def recvfrom(self, bufsize: int, flags: int = 0):
+        """In-band ``recvfrom`` on the genuine kernel socket: ``(data, address)``."""
         return self._genuine().recvfrom(bufsize, self._inband_flags(flags))
 
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        """In-band ``recv_into`` on the genuine kernel socket: bytes received."""
         return self._genuine().recv_into(buffer, nbytes, self._inband_flags(flags))
 
     def recvfrom_into(self, buffer, nbytes: int = 0, flags: int = 0):
+        """In-band ``recvfrom_into`` on the genuine kernel socket: ``(nbytes, address)``."""
         return self._genuine().recvfrom_into(buffer, nbytes, self._inband_flags(flags))
 
     # -- options --------------------------------------------------------------------------------

@@ -1,124 +1,98 @@
-"""The main job on the embedded default: two stacks joined by the virtual link exchange oob UDP
-datagrams for a few seconds, then both ports' statistics are printed as ``evl net -Q`` does.
+"""The main job (``./run demo``): ``latmus -E`` between two stacks on the embedded virtual link,
+then a plain-language reading of its summary.
 
-No root and no real interface are needed. Run: ``python -m evlnet.tools.demo [--seconds 3]``.
+Both ends run in this process: two ``evlnet.Stack`` objects joined by an
+``evlnet.VirtualLink()``, each a ``latmus -E`` pointing at the other (``latmus --virtual``).
+No root and no real interface are needed. Run: ``python -m evlnet.tools.demo [--seconds 10]``;
+arguments after ``--`` go to latmus (e.g. ``-- -p 500 -S 128``).
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import threading
-import time
+import textwrap
+from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .. import (
-    AF_INET,
-    EVL_NEIGH_PERMANENT,
-    EVL_SOF_TIMESTAMPS,
-    MSG_DONTWAIT,
-    MSG_TIMESTAMP,
-    SO_TIMESTAMP_OOB,
-    SOCK_DGRAM,
-    SOCK_OOB,
-    SOL_SOCKET,
-    IoTimes,
-    Stack,
-    VirtualLink,
-)
-
-PORT = 59059   # latmus' UDP port
+from . import latmus
+from .latency import LatencySet
 
 
-def run(seconds: float = 3.0, size: int = 64, out: TextIO = sys.stdout) -> dict[str, Any]:
-    link = VirtualLink("vlink0", "vlink1")
-    left, right = Stack("left"), Stack("right")
+def _p50(st: LatencySet) -> str:
+    v = st.percentile_us(50)
+    return f"{v:.1f}" if v is not None else "?"
+
+
+def _worst(st: LatencySet) -> str:
+    return f"{st.all_max / 1000:.1f}" if st.all_samples else "?"
+
+
+def reading(runner: Any, period_us: int, size: int, seconds: int) -> str:
+    """One paragraph saying what the ``RTS|`` columns mean, with this run's figures."""
+    r = runner
+    rtt = ""
+    if r.rtt.all_samples:
+        rtt = (f" A round trip (send call to the echo's return, through both stacks) took "
+               f"{_p50(r.rtt)} us typically and {_worst(r.rtt)} us at worst.")
+    return textwrap.fill(
+        f"How to read this: for {seconds} s, every {period_us} us, each end sent one "
+        f"{size}-byte UDP datagram to the other and evlnet stamped it where EVL does. Each "
+        f"RTD line covers one second and shows the worst delay of that second; the RTS line "
+        f"sums up the run with the worst of all (microseconds). 'rx sched' is how long a "
+        f"received frame waited between the device and the port's receive thread (this run: "
+        f"typically {_p50(r.rx_q)} us, worst {_worst(r.rx_q)} us); 'rx user' until it was "
+        f"queued for the application (typically {_p50(r.rx_d)}, worst {_worst(r.rx_d)}); "
+        f"'tx sched' from the send call to the transmit queue ({_p50(r.tx_q)} / "
+        f"{_worst(r.tx_q)}) and 'tx user' to the device ({_p50(r.tx_d)} / {_worst(r.tx_d)}); "
+        f"'rx best' and 'rx worst' (and 'tx ...') are the lowest and highest 'user' delays so "
+        f"far. 'msw' counts sends that had to take the slow "
+        f"in-band path and 'overrun' sends that found no free buffer: both should read 0. "
+        f"{r.received} datagrams arrived from the peer, {r.lost} were lost and {r.invalid} "
+        f"were invalid.{rtt} Typical values are what the data path costs; the worst ones on "
+        f"a shared machine are mostly the scheduler running something else (both ends and "
+        f"their Python threads share this process and its CPUs here). For two stacks in two "
+        f"network namespaces over a veth pair, next to the kernel's UDP path: "
+        f"`./run latmus-veth` (root).", width=96, break_on_hyphens=False)
+
+
+def run(seconds: float = 10.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+        latmus_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Run ``latmus --virtual`` for *seconds* and print its output and the reading;
+    returns ``{"status", "runners", "stats"}``."""
+    secs = max(1, round(seconds))
+    argv = ["--virtual", "-T", str(secs), *latmus_args]
     try:
-        left.add_interface(link.a, "192.0.2.1/24")
-        right.add_interface(link.b, "192.0.2.2/24")
-        port_l = left.enable_port("vlink0")
-        port_r = right.enable_port("vlink1")
-        client = left.socket(AF_INET, SOCK_DGRAM | SOCK_OOB)
-        server = right.socket(AF_INET, SOCK_DGRAM | SOCK_OOB)
-        client.bind(("192.0.2.1", PORT))
-        server.bind(("192.0.2.2", PORT))
-        for s in (client, server):
-            s.setsockopt(SOL_SOCKET, SO_TIMESTAMP_OOB, EVL_SOF_TIMESTAMPS)
-        # Pre-resolve both peers so that no datagram is demoted to the in-band stage.
-        left.solicit(client, ("192.0.2.2", PORT), EVL_NEIGH_PERMANENT)
-        right.solicit(server, ("192.0.2.1", PORT), EVL_NEIGH_PERMANENT)
-
-        stop = threading.Event()
-
-        def echo() -> None:   # the right side echoes every datagram back
-            buf = bytearray(2048)
-            while not stop.is_set():
-                try:
-                    n, _, _, addr = server.oob_recvmsg_into([buf], timeout=0.2)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                server.oob_sendmsg([memoryview(buf)[:n]], address=addr)
-
-        t = threading.Thread(target=echo, name="demo-echo", daemon=True)
-        t.start()
-        payload = bytes(size)
-        rtts: list[float] = []
-        rx_user: list[float] = []
-        tx_user: list[float] = []
-        ts_buf = bytearray(24 * 16)
-        lost = 0
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            t0 = time.monotonic_ns()
-            client.oob_sendmsg([payload], address=("192.0.2.2", PORT))
-            try:
-                _, anc, _, _ = client.oob_recvmsg(2048, 24, timeout=1.0)
-            except TimeoutError:
-                lost += 1
-                continue
-            rtts.append((time.monotonic_ns() - t0) / 1000)
-            if anc:
-                io = IoTimes.unpack(anc[0][2])
-                rx_user.append((io.delivery_time - io.device_time) / 1000)
-            try:
-                n, _, _, _ = client.oob_recvmsg_into([ts_buf], flags=MSG_TIMESTAMP | MSG_DONTWAIT)
-                for rec in IoTimes.unpack_array(ts_buf[:n]):
-                    tx_user.append((rec.device_time - rec.delivery_time) / 1000)
-            except BlockingIOError:
-                pass
-        stop.set()
-        t.join(2)
-        report: dict[str, Any] = {"exchanges": len(rtts), "lost": lost}
-        print(f"evlnet demo: {len(rtts)} oob UDP round trips of {size} bytes over the embedded "
-              f"virtual link in {seconds:g} s ({lost} lost)", file=out)
-        if rtts:
-            q = statistics.quantiles(rtts, n=100) if len(rtts) >= 2 else rtts * 99
-            report.update(rtt_p50=q[49], rtt_p99=q[98])
-            print(f"round trip (us): min {min(rtts):.1f}  p50 {q[49]:.1f}  p99 {q[98]:.1f}  "
-                  f"max {max(rtts):.1f}", file=out)
-        if rx_user and tx_user:
-            print(f"rx user (delivery-device, us): median {statistics.median(rx_user):.1f}  "
-                  f"tx user (device-delivery, us): median {statistics.median(tx_user):.1f}",
-                  file=out)
-        for name, stack, port in (("vlink0", left, port_l), ("vlink1", right, port_r)):
-            print(f"\n# evl net -Q -i {name}", file=out)
-            print(stack.get_stats(port).format_query(), file=out)
-        report["stats"] = {"vlink0": left.get_stats(port_l), "vlink1": right.get_stats(port_r)}
-        return report
-    finally:
-        left.close()
-        right.close()
+        import hdrh  # noqa: F401
+        argv.append("--rtt")          # medians and round trips need hdrhistogram
+    except ImportError:
+        pass
+    report: dict[str, Any] = {}
+    opts = latmus.parse_args(argv)
+    latmus.check_options(opts, err)
+    print(f"$ latmus {' '.join(argv)}", file=out, flush=True)
+    report["status"] = latmus.run(opts, out, err, report=report)
+    runner = report.get("runners", {}).get("evlnet")
+    if report["status"] == 0 and runner is not None:
+        print("", file=out)
+        print(reading(runner, opts.period_us, opts.packet_size, secs), file=out, flush=True)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=3.0, help="how long to exchange (default 3)")
-    ap.add_argument("--size", type=int, default=64, help="UDP payload bytes (default 64)")
+    """``python -m evlnet.tools.demo`` / ``evlnet-demo``."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="how long (default 10)")
+    ap.add_argument("latmus_args", nargs="*", help="more latmus options, after --")
     args = ap.parse_args(argv)
-    report = run(args.seconds, args.size)
-    return 0 if report["exchanges"] > 0 else 1
+    try:
+        report = run(args.seconds, latmus_args=args.latmus_args)
+    except latmus.LatmusError as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
+    except latmus.BadUsage:
+        print(latmus.USAGE, file=sys.stderr)
+        return 1
+    return int(report["status"])
 
 
 if __name__ == "__main__":
