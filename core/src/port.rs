@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 
+use crate::capture::CaptureSlot;
 use crate::device::Device;
 use crate::doorbell::Doorbell;
 use crate::ipv4::IdentGen;
@@ -82,6 +83,8 @@ pub struct Port {
     pub stack: Arc<StackCore>,
     pub addrs: ArcSwap<Addresses>,
     pub reasm: Mutex<Reassembler>,
+    /// Packet capture (`evl-net capture`): empty, one relaxed load per frame, unless capturing.
+    pub capture: CaptureSlot,
     qdisc: Box<dyn Qdisc<TxItem>>,
     ident: IdentGen,
     enabled: AtomicBool,
@@ -137,6 +140,7 @@ impl Port {
                 cfg.ipfrag_max_datagrams,
                 cfg.ipfrag_time_ns,
             )),
+            capture: CaptureSlot::default(),
             qdisc,
             ident: IdentGen::new((monotonic_ns() & 0xFFFF) as u16),
             enabled: AtomicBool::new(true),
@@ -256,6 +260,7 @@ impl Port {
         let c = &self.counters;
         match self.device.transmit(item.buf.payload()) {
             Ok(()) => {
+                self.capture.tx(item.buf.payload());
                 PortCounters::bump(&c.tx_packets);
                 c.tx_bytes.fetch_add(item.buf.len() as u64, Relaxed);
                 if let Some(sock) = &item.sock {
