@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import socket
+import time
 from typing import Any
 
 from ..errors import oserror
@@ -34,8 +35,16 @@ class ControlClient:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
+        deadline = time.monotonic() + 2.0
         try:
-            self.sock.connect(path)
+            while True:
+                try:
+                    self.sock.connect(path)
+                    break
+                except BlockingIOError:      # the server's backlog is full: it is busy
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.01)
         except OSError:
             self.sock.close()
             raise

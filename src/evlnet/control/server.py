@@ -70,7 +70,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        sock.listen(8)
+        sock.listen(4 * ep.MAX_CONNECTIONS)
         self._sock = sock
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._accept_loop, name=f"{self.name}.control",

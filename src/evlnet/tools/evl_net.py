@@ -376,7 +376,12 @@ def serve(argv: Sequence[str], out: TextIO) -> int:
                          "198.51.100.0/24, 203.0.113.0/24")
     ap.add_argument("--enable", action="append", default=[], metavar="IF",
                     help="enable the oob port of IF at start (as evl-net -ei IF)")
+    ap.add_argument("--solicit-timeout", type=float, default=None, metavar="SECONDS",
+                    help="how long a solicitation waits for an answer (EVL's "
+                         "ipv4_solicit_timeout, default 5)")
     args = ap.parse_args(list(argv))
+    if args.solicit_timeout is not None and not args.solicit_timeout > 0:
+        ap.error("--solicit-timeout must be > 0")
     try:
         links = [parse_virtual(s, k) for k, s in enumerate(args.virtual)]
         ep.check_name(args.stack)
@@ -393,6 +398,8 @@ def serve(argv: Sequence[str], out: TextIO) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stack = Stack(args.stack)
+    if args.solicit_timeout is not None:
+        stack.set_solicit_timeout(args.solicit_timeout)
     peers: list[Stack] = []
     server: ControlServer | None = None
     try:
