@@ -265,9 +265,10 @@ def test_solicit_messages(served):
     r = evl_net("--solicit", "192.0.2.2")        # no -i: routed by the stack
     assert (r.returncode, r.stderr) == (0, "")
     r = evl_net("-s", "192.0.2.2", "-i", "vlink7")
-    assert r.returncode == 1
-    assert r.stderr.startswith("evl-net: ")
-    assert r.stderr.endswith(": No such device\n")
+    assert (r.returncode, r.stderr) == (
+        1, "evl-net: cannot bind UDP socket to device vlink7: No such device\n")
+    r = evl_net("-s", "broadcast", "-i", "vlink0")       # EVL's literal: INADDR_BROADCAST
+    assert (r.returncode, r.stderr) == (0, "")
 
 
 def test_vlan_filter_set_show_clear(served):
@@ -316,18 +317,26 @@ def test_filter_without_the_api_is_enosys(served):
 
 def test_stack_selection(rundir):
     with serving("--virtual", "vlink0", name="alpha"), \
-            serving("--virtual", "vlink0", "--enable", "vlink0", name="beta"):
+            serving("--virtual", "vlink0:198.51.100.1/24:198.51.100.7", "--enable", "vlink0",
+                    name="beta"):
         r = evl_net("-Q", "-i", "vlink0")
         assert r.returncode == 1
         assert r.stderr == ("evl-net: several stacks are running (alpha, beta); choose one "
                             "with --stack NAME\n")
         assert evl_net("stacks").stdout == "alpha\nbeta\n"
-        assert evl_net("--stack", "beta", "-QR", "-i", "vlink0").returncode == 0
+        assert evl_net("--stack", "beta", "-QR", "-i", "vlink0").stdout == "0\n"
+        # beta's peer answers at the address given to --virtual
+        r = evl_net("--stack", "beta", "-S", "198.51.100.7", "-QR", "-i", "vlink0")
+        assert (r.returncode, r.stdout) == (0, "1\n"), r.stderr
         r = evl_net("--stack", "alpha", "-QR", "-i", "vlink0")   # not enabled there
         assert r.stderr == "evl-net: cannot open out-of-band port vlink0: Invalid argument\n"
         r = evl_net("--stack=gamma", "-n")
         assert r.returncode == 1
         assert r.stderr.startswith("evl-net: no stack named 'gamma' is running")
+        # bad serve arguments are usage errors
+        r = evl_net("serve", "--virtual", "x:192.0.2.1/32")
+        assert r.returncode == 2
+        assert "no room for a peer in 192.0.2.1/32" in r.stderr
         # a second server with a live name is refused
         r = evl_net("serve", "--stack", "beta")
         assert r.returncode == 1
