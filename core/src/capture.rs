@@ -2,9 +2,10 @@
 //!
 //! The oob threads never write a file. Each port has a [`CaptureSlot`]; while it is empty (no
 //! capture) a frame costs one relaxed atomic load. While a capture runs, the RX path (first thing
-//! in `rx::process`) and the TX path (a frame the device took, in `Port::xmit`) copy the frame
-//! into a buffer of the capture's own preallocated pool and push it on a bounded lock-free queue
-//! (`crossbeam_queue::ArrayQueue`): no allocation, no lock, no syscall. A writer thread
+//! in `rx::process`) and the TX path (a frame as it is handed to the device, in `Port::xmit`,
+//! where Linux's taps see it too) copy the frame into a buffer of the capture's own
+//! preallocated pool and push it on a bounded lock-free queue (`crossbeam_queue::ArrayQueue`):
+//! no allocation, no lock, no syscall. A writer thread
 //! (`<if>.capture`) drains the queue into the file. A frame that finds no free buffer or a full
 //! queue is counted as a capture drop, never silently lost.
 //!
@@ -354,7 +355,7 @@ impl CaptureSlot {
         }
     }
 
-    /// A frame the device took for transmission.
+    /// A frame about to be handed to the device.
     #[inline]
     pub fn tx(&self, frame: &[u8]) {
         if self.on.load(Relaxed) {

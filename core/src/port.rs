@@ -258,9 +258,9 @@ impl Port {
             item.buf.times.device = monotonic_ns();
         }
         let c = &self.counters;
+        self.capture.tx(item.buf.payload());
         match self.device.transmit(item.buf.payload()) {
             Ok(()) => {
-                self.capture.tx(item.buf.payload());
                 PortCounters::bump(&c.tx_packets);
                 c.tx_bytes.fetch_add(item.buf.len() as u64, Relaxed);
                 if let Some(sock) = &item.sock {
