@@ -535,6 +535,12 @@ def test_endpoint_files_are_owner_only(inproc, rundir):
     with pytest.raises(OSError) as info:
         ControlServer(stack, name="../evil")
     assert info.value.errno == errno.EINVAL
+    # clients refuse such a directory too (a socket planted there could be anyone's)
+    env = dict(os.environ, EVLNET_RUNTIME_DIR=loose)
+    r = evl_net("-n", env=env)
+    assert r.returncode == 1
+    assert r.stderr == (f"evl-net: cannot reach the stack: Operation not permitted: {loose} is "
+                        "open to other users (mode 0755, want 0700)\n")
 
 
 def test_endpoint_survives_garbage(inproc):

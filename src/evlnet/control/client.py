@@ -9,11 +9,14 @@ import errno
 import json
 import os
 import socket
+import struct
 import time
 from typing import Any
 
 from ..errors import oserror
 from . import endpoint as ep
+
+_UCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
 
 
 class StackNotFound(OSError):
@@ -45,6 +48,13 @@ class ControlClient:
                     if time.monotonic() >= deadline:
                         raise
                     time.sleep(0.01)
+            # The server must be ours too: a stranger's socket (planted in a directory we
+            # do not own) would otherwise get our requests and the files we pass to it.
+            pid, uid, _ = _UCRED.unpack(self.sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+            if uid != os.geteuid():
+                raise oserror(errno.EACCES, f"{path} is served by uid {uid} (pid {pid}), not by "
+                                            f"uid {os.geteuid()}")
         except OSError:
             self.sock.close()
             raise
@@ -113,6 +123,8 @@ def connect(name: str | None = None, directory: str | None = None,
             timeout: float | None = 30.0) -> ControlClient:
     """Connect to the stack *name*, or to the only one running (StackNotFound otherwise)."""
     directory = directory or ep.runtime_dir()
+    if os.path.lexists(directory):
+        ep.check_private_dir(directory)     # EPERM: not ours, or open to others
     if name is None:
         names = running_stacks(directory)
         if not names:
