@@ -28,6 +28,8 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
@@ -745,3 +747,42 @@ def test_serve_linux_port_ping_query_capture(rundir, tmp_path):
             assert r.stderr == f"evl-net: cannot open out-of-band port {ea.name}: " \
                                "Invalid argument\n"
     assert list_namespaces(os.getpid()) == []
+
+
+# -- request validation as a property ------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+_requests = st.fixed_dictionaries(
+    {"cmd": st.sampled_from(sorted(ep.COMMANDS)) | st.text(max_size=10)},
+    optional={"args": st.dictionaries(
+        st.sampled_from(sorted({a for s in ep.COMMANDS.values() for a in s})) | st.text(
+            max_size=6), _json, max_size=4)})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=200) | _requests.map(lambda r: json.dumps(r).encode()))
+def test_validate_accepts_only_well_formed_requests(message):
+    """Any message is either a request that matches the schema exactly or an OSError with
+    EMSGSIZE/EINVAL/EOPNOTSUPP; nothing else escapes."""
+    try:
+        cmd, args = ep.validate(message)
+    except OSError as exc:
+        assert exc.errno in (errno.EMSGSIZE, errno.EINVAL, errno.EOPNOTSUPP)
+        return
+    schema = ep.COMMANDS[cmd]
+    assert set(args) <= set(schema)
+    for name, (types, required, bound) in schema.items():
+        if name not in args:
+            assert not required
+            continue
+        value = args[name]
+        assert type(value) in types
+        if type(value) is int:
+            assert 0 <= value <= bound
+        if type(value) is str:
+            assert len(value) <= bound and "\0" not in value
