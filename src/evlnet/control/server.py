@@ -44,6 +44,7 @@ class ControlServer:
         self.path = os.path.join(self.directory, self.name + ep.SUFFIX)
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = -1, -1
+        self._inode = -1
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(ep.MAX_CONNECTIONS)
         self._conns: set[socket.socket] = set()
@@ -70,6 +71,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        self._inode = os.lstat(self.path).st_ino
         sock.listen(4 * ep.MAX_CONNECTIONS)
         self._sock = sock
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -101,8 +103,8 @@ class ControlServer:
             except OSError:
                 pass
         try:
-            if self._sock is not None and os.path.exists(self.path):
-                os.unlink(self.path)
+            if self._sock is not None and os.lstat(self.path).st_ino == self._inode:
+                os.unlink(self.path)          # ours (not a successor's, after a takeover)
         except OSError:
             pass
         if self._sock is not None:
