@@ -280,14 +280,14 @@ def run_actions(o: Options, client: ControlClient, out: TextIO) -> None:
         _call(client, "enable", f"cannot enable out-of-band port on {netif}", ifname=netif,
               poolsz=o.poolsz, bufsz=o.bufsz)
     if o.set_filter:
-        module = os.path.abspath(o.modpath) if o.modpath else None
+        module = os.path.abspath(o.modpath) if o.modpath is not None else None
         _call(client, "set_filter", f"cannot set BPF filter on {netif}",
               f"cannot open out-of-band port {netif}", ifname=netif, module=module)
         if module is None:
             out.write(f"eBPF module removed from {netif}\n")
-    if o.set_vlans:
+    if o.set_vlans and o.vlan_list != "":       # EVL writes 0 bytes for "--set-vlan-ids="
         _call(client, "set_vlans", "cannot set VLAN filters", spec=o.vlan_list or "")
-        if not o.vlan_list:
+        if o.vlan_list is None:
             out.write("VLAN filter cleared\n")
     if o.show_vlans:
         vlans = _call(client, "get_vlans", "cannot read VLAN filters")
