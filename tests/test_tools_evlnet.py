@@ -317,6 +317,33 @@ def test_filter_without_the_api_is_enosys(served):
     assert r.stderr == "evl-net: cannot open out-of-band port vlink9: Invalid argument\n"
 
 
+def test_filter_calls_the_stack_api_through_the_endpoint(inproc, monkeypatch, tmp_path):
+    """-F against a stack whose ``set_filter`` follows the API's contract (this build may not
+    have the real one yet): the tool passes an absolute module path or None, words the results
+    as EVL does, and reports the API's errno."""
+    stack, server = inproc
+    calls = []
+
+    def set_filter(self, port, modpath):
+        calls.append((port.name, modpath))
+        if modpath is not None and not os.path.exists(modpath):
+            raise OSError(errno.ENOENT, f"{modpath}: no such module")
+
+    monkeypatch.setattr(Stack, "set_filter", set_filter, raising=False)
+    assert evl_net("-ei", "vlink0").returncode == 0
+    r = evl_net("-F", "-i", "vlink0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "eBPF module removed from vlink0\n", "")
+    module = tmp_path / "f.o"
+    module.write_bytes(b"\x7fELF")
+    r = evl_net("-Ff.o", "-i", "vlink0", cwd=str(tmp_path))      # relative to the client's cwd
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    r = evl_net("--filter=missing.o", "-i", "vlink0", cwd=str(tmp_path))
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == "evl-net: cannot set BPF filter on vlink0: No such file or directory\n"
+    assert calls == [("vlink0", None), ("vlink0", str(module)),
+                     ("vlink0", str(tmp_path / "missing.o"))]
+
+
 def test_stack_selection(rundir):
     with serving("--virtual", "vlink0", name="alpha"), \
             serving("--virtual", "vlink0:198.51.100.1/24:198.51.100.7", "--enable", "vlink0",
