@@ -2,10 +2,11 @@
 //!
 //! Layers, bottom up (each module uses only those above it in this list):
 //! `stats`, `timestamps`, `pool` → `wire` → `device` → `ethernet`/`arp`/`ipv4`/`reassembly`/
-//! `udp`/`icmp` → `qdisc`, `frontcache`, `socket` → `port` → `python` (the seam with the
+//! `udp`/`icmp` → `capture`, `qdisc`, `frontcache`, `socket` → `port` → `python` (the seam with the
 //! Python control plane; the only module that knows about Python).
 
 pub mod arp;
+pub mod capture;
 pub mod device;
 pub mod doorbell;
 pub mod ethernet;

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::capture::CaptureSlot;
 use crate::device::Device;
 use crate::doorbell::Doorbell;
 use crate::filter::vm::VmFilter;
@@ -86,6 +87,8 @@ pub struct Port {
     /// The eBPF RX filter run in user space (virtual links; Linux ports while the kernel
     /// cannot run it). Swapped whole by the control plane; the RX path reads it lock-free.
     pub filter: ArcSwapOption<VmFilter>,
+    /// Packet capture (`evl-net capture`): empty, one relaxed load per frame, unless capturing.
+    pub capture: CaptureSlot,
     qdisc: Box<dyn Qdisc<TxItem>>,
     ident: IdentGen,
     enabled: AtomicBool,
@@ -142,6 +145,7 @@ impl Port {
                 cfg.ipfrag_time_ns,
             )),
             filter: ArcSwapOption::empty(),
+            capture: CaptureSlot::default(),
             qdisc,
             ident: IdentGen::new((monotonic_ns() & 0xFFFF) as u16),
             enabled: AtomicBool::new(true),
@@ -259,6 +263,7 @@ impl Port {
             item.buf.times.device = monotonic_ns();
         }
         let c = &self.counters;
+        self.capture.tx(item.buf.payload());
         match self.device.transmit(item.buf.payload()) {
             Ok(()) => {
                 PortCounters::bump(&c.tx_packets);

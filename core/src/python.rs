@@ -14,6 +14,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::capture::{CaptureConfig, CaptureSink};
 use crate::device::afpacket::AfPacket;
 use crate::device::virtual_link::{VirtualEnd, VirtualLink, VirtualVlan};
 use crate::device::Device;
@@ -694,6 +695,40 @@ impl PyPort {
             .collect()
     }
 
+    /// Start capturing the port's oob RX and TX frames into the pcap file open on `fd` (the
+    /// core writes a duplicate of it; the caller keeps and closes its own). `snaplen` 0 keeps
+    /// whole frames; `max_frames`/`max_bytes` 0 set no bound. EBUSY when a capture already
+    /// runs on this port, EINVAL for bad sizes, EBADF or another errno when the file cannot be
+    /// written.
+    #[pyo3(signature = (fd, snaplen=0, max_frames=0, max_bytes=0, queue_len=1024))]
+    fn start_capture(
+        &self,
+        fd: i32,
+        snaplen: usize,
+        max_frames: u64,
+        max_bytes: u64,
+        queue_len: usize,
+    ) -> PyResult<PyCapture> {
+        let port = &self.port;
+        let whole = port.tx_pool.size().max(port.rx_pool.size());
+        let cfg = CaptureConfig {
+            snaplen: if snaplen == 0 { whole } else { snaplen },
+            max_frames,
+            max_bytes,
+            queue_len,
+        };
+        let file = dup_file(fd).map_err(|e| ioerr(e, "capture file"))?;
+        let sink = CaptureSink::start(&port.name, file, cfg).map_err(|e| ioerr(e, "capture"))?;
+        if let Err(errno) = port.capture.install(Arc::clone(&sink)) {
+            sink.stop();
+            return Err(oserr(errno, "a capture already runs on this port"));
+        }
+        Ok(PyCapture {
+            sink,
+            port: Arc::clone(port),
+        })
+    }
+
     /// Test hook: park the port's RX thread (only busy pollers consume) or release it;
     /// returns whether it is parked now.
     fn pause_rx_thread(&self, paused: bool) -> bool {
@@ -718,6 +753,78 @@ impl PyPort {
     /// Busy poll once from the calling thread (testing and tools).
     fn poll_rx(&self) -> usize {
         self.port.poll_rx()
+    }
+}
+
+/// A duplicate of the open file descriptor `fd` as a `File` (close-on-exec).
+fn dup_file(fd: i32) -> std::io::Result<std::fs::File> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) only reads `fd` (any value is safe: a bad one gives EBADF).
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a descriptor we just created and nothing else owns.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(dup) }))
+}
+
+/// A running capture of one port (`Port.start_capture`): its writer thread writes the pcap
+/// file; `stop()` ends it (also when the handle is dropped).
+#[pyclass(module = "evlnet._core", name = "Capture", frozen)]
+pub struct PyCapture {
+    sink: Arc<CaptureSink>,
+    port: Arc<Port>,
+}
+
+#[pymethods]
+impl PyCapture {
+    /// Stop capturing: the frames already queued are written, then the file is flushed.
+    /// Returns the final stats (see `stats`). Idempotent.
+    fn stop(&self, py: Python<'_>) -> (u64, u64, u64, u64, u64, i32, bool) {
+        self.port.capture.remove(&self.sink);
+        self.sink.stop();
+        let sink = Arc::clone(&self.sink);
+        py.detach(move || sink.wait(Some(5_000_000_000)));
+        self.stats()
+    }
+
+    /// Wait up to `timeout` seconds (None: forever) for the capture to finish by itself (a
+    /// bound reached, a write error), with the GIL released; True if it has finished.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
+        let ns = timeout.map(|t| (t.max(0.0) * 1e9) as u64);
+        let sink = Arc::clone(&self.sink);
+        let done = py.detach(move || sink.wait(ns));
+        if done {
+            self.port.capture.remove(&self.sink);
+        }
+        done
+    }
+
+    /// `(frames, bytes, drops, rx_frames, tx_frames, errno, finished)`: frames written, file
+    /// bytes, frames dropped because the writer was behind, RX/TX frames accepted, the errno of
+    /// a failed write (0: none), whether the capture is over.
+    fn stats(&self) -> (u64, u64, u64, u64, u64, i32, bool) {
+        let s = self.sink.stats();
+        (
+            s.frames,
+            s.bytes,
+            s.drops,
+            s.rx_frames,
+            s.tx_frames,
+            s.error,
+            s.finished,
+        )
+    }
+}
+
+impl Drop for PyCapture {
+    fn drop(&mut self) {
+        self.port.capture.remove(&self.sink);
+        self.sink.stop();
     }
 }
 
@@ -1268,6 +1375,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyStack>()?;
     m.add_class::<PyPort>()?;
+    m.add_class::<PyCapture>()?;
     m.add_class::<PySocket>()?;
     m.add_class::<PyVirtualEnd>()?;
     m.add_class::<PyVirtualVlan>()?;

@@ -29,6 +29,7 @@ pub fn process(port: &Port, mut buf: PacketBuf) {
     buf.times.queuing = monotonic_ns();
     PortCounters::bump(&c.rx_packets);
     c.rx_bytes.fetch_add(buf.len() as u64, Relaxed);
+    port.capture.rx(buf.payload(), buf.times.device);
     buf.meta.port_id = port.id as u32;
     if let Some(filter) = port.filter.load().as_deref() {
         match filter_verdict(port, filter, buf.payload()) {

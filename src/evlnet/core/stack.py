@@ -279,18 +279,20 @@ class Stack:
         """A frame the RX filter left to the in-band stage (EVL_RX_SKIP). On a Linux port the
         kernel got it too; on a virtual link this is the in-band stage: ARP is learnt from, custom
         EtherTypes go to their protocol, anything else has no in-band taker and is counted."""
-        port.inband_counters["inband_filter_skipped"] += 1
-        if port.iface.kind != "virtual" or len(frame) < 14:
-            return
-        ethertype = int.from_bytes(frame[12:14], "big")
-        if ethertype == ETH_P_ARP:
-            self.arp.input(port, frame, 14)
-            return
-        proto = self.protocols.by_ethertype.get(ethertype)
-        if proto is None:
-            port.inband_counters["inband_no_taker"] += 1
-            return
-        proto.input_frame(port, InbandPacket(frame, 14, 0, frame[6:12], 0, 0))
+        try:
+            if port.iface.kind != "virtual" or len(frame) < 14:
+                return
+            ethertype = int.from_bytes(frame[12:14], "big")
+            if ethertype == ETH_P_ARP:
+                self.arp.input(port, frame, 14)
+                return
+            proto = self.protocols.by_ethertype.get(ethertype)
+            if proto is None:
+                port.inband_counters["inband_no_taker"] += 1
+                return
+            proto.input_frame(port, InbandPacket(frame, 14, 0, frame[6:12], 0, 0))
+        finally:       # last: once it counts, the frame's handling is over
+            port.inband_counters["inband_filter_skipped"] += 1
 
     # -- eBPF RX filters ----------------------------------------------------------------------
     def set_filter(self, port: Port | int, modpath: str | os.PathLike[str] | None) -> None:

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from typing import Literal, TypeAlias, final
 
 __all__ = [
-    "__version__", "Stack", "Port", "Socket", "VirtualEnd", "VirtualVlan", "AfPacket",
-    "virtual_link", "monotonic_ns", "FilterProgram", "KernelProgram", "KernelCounters",
-    "set_port_filter", "attach_socket_filter", "kernel_floor_program",
+    "__version__", "Stack", "Port", "Capture", "Socket", "VirtualEnd", "VirtualVlan",
+    "AfPacket", "virtual_link", "monotonic_ns", "FilterProgram", "KernelProgram",
+    "KernelCounters", "set_port_filter", "attach_socket_filter", "kernel_floor_program",
 ]
 
 __version__: str
@@ -343,6 +343,16 @@ class Port:
         """Pin the RX and TX threads to *cpus* and/or run them SCHED_FIFO at *fifo_priority*:
         ``(thread, lever, errno)`` per lever, errno 0 where applied (refusals are not raised)."""
 
+    def start_capture(
+        self, fd: int, snaplen: int = 0, max_frames: int = 0, max_bytes: int = 0,
+        queue_len: int = 1024,
+    ) -> Capture:
+        """Capture the port's oob RX and TX frames into the pcap file open for writing on *fd*
+        (a duplicate is written; the caller closes its own). *snaplen* 0 keeps whole frames;
+        *max_frames*/*max_bytes* 0 set no bound; *queue_len* frames may wait for the writer
+        thread (more are counted as drops). EBUSY: a capture already runs on this port; EINVAL:
+        bad sizes; EBADF or the write's errno: the file cannot be written."""
+
     def pause_rx_thread(self, paused: bool) -> bool:
         """Test hook: park the RX thread (only busy pollers consume) or release it; returns
         whether it is parked now."""
@@ -362,6 +372,25 @@ class Port:
     def poll_rx(self) -> int:
         """Busy poll once from the calling thread: frames processed (0 when nothing is ready or
         another consumer has the device)."""
+
+_CaptureStats: TypeAlias = tuple[int, int, int, int, int, int, bool]
+"""``(frames, bytes, drops, rx_frames, tx_frames, errno, finished)``."""
+
+@final
+class Capture:
+    """A running capture of one port (``Port.start_capture``); a writer thread of the core
+    writes the file. Dropping the handle stops it."""
+
+    def stop(self) -> _CaptureStats:
+        """Stop: queued frames are written and the file flushed (GIL released); final stats."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to *timeout* s (None: forever), GIL released, for the capture to end by
+        itself (a bound reached or a write error); True if it has."""
+
+    def stats(self) -> _CaptureStats:
+        """Frames and bytes written, drops (writer behind), RX/TX frames accepted, the errno of a
+        failed write (0: none), whether it is over."""
 
 # -- sockets -------------------------------------------------------------------------------------
 
