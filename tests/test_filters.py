@@ -50,12 +50,20 @@ def udp_frame(solo, payload: bytes, dport: int, src: str = PEER_IP, tags=()) -> 
     return bytes(l2 / IP(src=src, dst=B_IP) / UDP(sport=1234, dport=dport) / Raw(payload))
 
 
+FATES = ("rx_delivered", "icmp_echo_replies", "rx_inband", "rx_reasm_held", "rx_otherhost",
+         "rx_malformed", "rx_ip_errors", "rx_no_receiver", "rx_sock_full", "rx_unknown_proto",
+         "rx_reasm_fails", "rx_reasm_dups", "rx_filtered", "rx_reply_fails", "rx_inband_drops",
+         "rx_filter_dropped", "rx_filter_invalid")
+
+
 def settle(solo, frames: int) -> None:
-    """Wait until the port's RX path has taken *frames* frames (in total) and handed up what it
-    skipped (the in-band stage counts those when it runs)."""
+    """Wait until the port's RX path has taken *frames* frames (in total) to their fates (the
+    RX ledger of core/src/stats.rs) and the in-band stage has handled what was skipped."""
     def done() -> bool:
-        c = extra(solo.B, solo.pb)
-        return (solo.B.get_stats(solo.pb).rx_packets >= frames
+        stats = solo.B.get_stats(solo.pb)
+        c = stats.extra
+        fates = sum(c[k] for k in FATES) + stats.csum_errors + stats.rx_nomem
+        return (stats.rx_packets >= frames and fates >= frames
                 and c["inband_filter_skipped"] >= c["rx_filter_skipped"])
     assert wait_until(done, 5), extra(solo.B, solo.pb)
 
