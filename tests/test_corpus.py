@@ -174,7 +174,7 @@ def test_corpus_is_what_the_script_builds(tmp_path):
 def test_corpus_on_the_virtual_link(stacks):
     setup, entries = load_corpus()
     link = VirtualLink(unique("ca"), unique("cb"), mtu=setup["mtu"])
-    B = stacks("B")
+    B = stacks("B", reasm_poolsz=setup["reasm_poolsz"])
     B.add_interface(link.b, setup["victim_cidr"])
     B.set_vlans(setup["vlans"])
     port = B.enable_port(link.b.name)
@@ -215,7 +215,7 @@ def test_corpus_on_a_veth_port():
     with netns("ca") as a, netns("cb") as b, \
             veth_pair(a, b, addr_a=setup["victim_cidr"], addr_b=setup["peer_ip"] + "/24",
                       mtu=setup["mtu"]) as (ea, eb):
-        stack = Stack(unique("corpus"))
+        stack = Stack(unique("corpus"), reasm_poolsz=setup["reasm_poolsz"])
         raw = None
         try:
             stack.set_vlans(setup["vlans"])

@@ -6,9 +6,10 @@ Run once (``.venv/bin/python tests/corpus/make_corpus.py``) and commit its outpu
 what the stack must do with it is stated here, next to the frame.
 
 The victim: a port with address ``192.0.2.2/24`` (VLAN set ``43``, multicast not accepted, echo
-to broadcasts ignored: the stack's defaults) with a UDP socket bound to ``0.0.0.0:7000``; the
-peer on the link is ``192.0.2.1``. Frames are written with placeholder MACs (``VICTIM_MAC``,
-``PEER_MAC``): the replay puts the real ones in. Each frame's outcome is one of:
+to broadcasts ignored, 16 reassembly buffers: the stack's defaults) with a UDP socket bound to
+``0.0.0.0:7000``; the peer on the link is ``192.0.2.1``. Frames are written with placeholder
+MACs (``VICTIM_MAC``, ``PEER_MAC``): the replay puts the real ones in. Each frame's outcome is
+one of:
 
 - ``delivered``: the UDP socket on 7000 gets the datagram (``rx_delivered`` + 1);
 - ``answered``: the stack replies (``icmp_echo_replies`` or ``arp_replies`` + 1);
@@ -38,6 +39,7 @@ UDP_PORT = 7000
 SETUP = {
     "victim_mac": VICTIM_MAC, "peer_mac": PEER_MAC, "victim_cidr": f"{VICTIM_IP}/24",
     "peer_ip": PEER_IP, "udp_port": UDP_PORT, "vlans": "43", "mtu": 1500,
+    "reasm_poolsz": 16,      # the stack's default (StackSettings.reasm_poolsz)
 }
 
 
@@ -291,6 +293,16 @@ def build() -> dict[str, list[tuple[str, bytes, str, str, str]]]:
                       "rx_reasm_fails" if last else "rx_reasm_held",
                       "65 575 bytes with the first header: dropped" if last else
                       f"fragment {i} of {len(big)} (first carries IHL 15)"))
+    # a flood of first fragments over many ids (last: every reassembly buffer stays taken until
+    # the 30 s timeout); each sentinel after them shows unfragmented traffic still flows
+    pool = SETUP["reasm_poolsz"]
+    for i in range(pool + 4):
+        held = i < pool
+        frags.append((f"flood_{i:02d}", bytes(frag(0x200 + i, 0, body[:16], True)),
+                      "consumed" if held else "dropped",
+                      "rx_reasm_held" if held else "rx_nomem",
+                      f"new datagram {i + 1}: a reassembly buffer taken" if held else
+                      f"new datagram {i + 1}: the {pool} reassembly buffers are all taken"))
     return {"l2.pcap": l2, "ipv4.pcap": ipv4, "l4.pcap": l4, "vlan.pcap": vlan,
             "arp.pcap": arps, "fragments.pcap": frags}
 
