@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -198,3 +199,51 @@ def test_neighbour_that_disappears_then_returns():
             peer.close()
             stack.close()
         assert _filters(a) == []
+
+
+def test_own_namespace_deleted_while_traffic_flows():
+    """``ip netns del`` of the namespace holding evlnet's port, under traffic from the kernel:
+    the name goes, the namespace lives on while evlnet's sockets hold it (as for any process's
+    socket), traffic still flows; once the stack closes nothing holds it any more, so the kernel
+    destroys it and its veth end, which takes the peer end with it."""
+    with netns("da") as a, netns("db") as b, \
+            veth_pair(a, b, addr_a=f"{A_IP}/24", addr_b=f"{B_IP}/24") as (ea, eb):
+        stack = Stack(unique("own"))
+        with in_netns(b):
+            kernel = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stop = threading.Event()
+        sent = {"n": 0}
+
+        def flow() -> None:
+            while not stop.is_set():
+                try:
+                    kernel.sendto(b"flow", (A_IP, 7500))
+                    sent["n"] += 1
+                except OSError:
+                    pass
+                time.sleep(0.001)
+
+        sender = threading.Thread(target=flow, daemon=True)
+        try:
+            with in_netns(a):
+                stack.enable_port(ea.name)
+            rx = stack.socket(socket.AF_INET, socket.SOCK_DGRAM | SOCK_OOB)
+            rx.bind(("", 7500))
+            sender.start()
+            assert rx.oob_recvmsg(100, timeout=5)[0] == b"flow"
+            subprocess.run(["ip", "netns", "del", a.name], check=True)
+            assert a.name not in list_namespaces(os.getpid())
+            got = 0
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and got < 20:
+                rx.oob_recvmsg(100, timeout=2)
+                got += 1
+            assert got == 20, "traffic stopped with the namespace's name"
+        finally:
+            stop.set()
+            sender.join(2)
+            stack.close()
+        assert wait_until(lambda: not eb.exists(), 5), \
+            "the veth survived the stack: something still holds the deleted namespace"
+        kernel.close()
+    assert list_namespaces(os.getpid()) == []
