@@ -80,6 +80,8 @@ class Replay:
                                                    "to_core": 0, "to_kernel": 0,
                                                    "refused_by_sender": 0})
     failures: list = field(default_factory=list)
+    #: the frames the victim sent since the last call (None: not observable here)
+    replies: Callable[[], list[bytes]] | None = None
 
     def quiet(self, before: dict, timeout: float = 5.0) -> dict:
         """Send the sentinel, receive it, wait for the ledger to balance; the counters then."""
@@ -97,6 +99,8 @@ class Replay:
 
     def frame(self, entry: dict, frame: bytes, to_core: bool) -> None:
         before = self.counters()
+        if self.replies is not None:
+            self.replies()
         sent = self.send(frame)
         after = self.quiet(before)
         self.results["replayed"] += 1
@@ -123,6 +127,16 @@ class Replay:
             expect_fates = 0 if counter == "rx_oversize" else 1
             if fates != expect_fates or delta["rx_packets"] != expect_fates:
                 problems.append(f"{fates} fates for {delta['rx_packets']} frames in")
+            if entry["outcome"] == "answered" and self.replies is not None:
+                answers: list[bytes] = []
+                replies = self.replies
+
+                def answered() -> bool:    # the TX thread may send it after the sentinel
+                    answers.extend(f for f in replies() if _is_answer(f, frame))
+                    return bool(answers)
+                wait_until(answered, 2)
+                if len(answers) != 1:
+                    problems.append(f"{len(answers)} answers on the wire")
             if entry["outcome"] == "delivered":
                 try:
                     self.data_sock.oob_recvmsg(70000, flags=MSG_DONTWAIT)
@@ -140,6 +154,19 @@ class Replay:
               f"the diversion rule, {r['refused_by_sender']} refused by the sending kernel)")
         assert not self.failures, "\n".join(map(str, self.failures))
         assert r["as_expected"] == r["replayed"]
+
+
+def _is_answer(reply: bytes, request: bytes) -> bool:
+    """*reply* is the ICMP echo reply or ARP reply to *request*, sent back to its sender."""
+    if request[12:14] == b"\x08\x06":       # ARP: is-at for the target, to the sender's MAC
+        return reply[:6] == request[22:28] and reply[12:14] == b"\x08\x06" and \
+            reply[20:22] == b"\x00\x02" and reply[28:32] == request[38:42]
+    if reply[:6] != request[6:12]:
+        return False
+    ihl, rihl = ((f[14] & 0x0F) * 4 for f in (request, reply))
+    return (reply[12:14] == b"\x08\x00" and reply[14 + 9] == 1 and reply[14 + rihl] == 0
+            and reply[14 + 16:14 + 20] == request[14 + 12:14 + 16]          # to the requester
+            and reply[14 + rihl + 4:14 + rihl + 8] == request[14 + ihl + 4:14 + ihl + 8])
 
 
 def sentinel_frame(setup: dict, victim: bytes, peer: bytes) -> bytes:
@@ -187,7 +214,7 @@ def test_corpus_on_the_virtual_link(stacks):
             return True
 
         r = Replay(setup, send, port.counter_values, data, sent,
-                   sentinel_frame(setup, victim, peer))
+                   sentinel_frame(setup, victim, peer), replies=link.a.take_tapped)
         for e in entries:
             r.frame(e, with_macs(e["frame"], setup, victim, peer), to_core=True)
         r.report("virtual link")
