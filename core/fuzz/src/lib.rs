@@ -256,7 +256,7 @@ pub fn ip_frames(packets: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Issue 9's attack: the largest UDP datagram (65507 bytes of payload) in 45 fragments whose
+/// Issue 9's attack: the largest UDP datagram (65507 bytes of payload) in 46 fragments whose
 /// offset-0 fragment carries 40 bytes of options (so it would make a 65575-byte datagram),
 /// sent last or first.
 pub fn ihl15_attack(ident: u16, first_last: bool) -> Vec<Vec<u8>> {
@@ -273,7 +273,9 @@ pub fn ihl15_attack(ident: u16, first_last: bool) -> Vec<Vec<u8>> {
         options: 40,
         ..Ip::new(PEER_IP, OUR_IP, IPPROTO_UDP)
     };
-    let mut frags = fragments(&ip, &seg, 1480);
+    // 1440 bytes a fragment: with its 60-byte header the first one still fits a 1500-byte MTU
+    // (a longer frame never reaches the port: the device counts it `rx_oversize`)
+    let mut frags = fragments(&ip, &seg, 1440);
     if first_last {
         frags.rotate_left(1);
     }

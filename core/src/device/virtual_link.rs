@@ -6,7 +6,8 @@
 //! pool attached at the other end (as a NIC DMAs into its driver's RX ring), stamped
 //! `times.device`, pushed on that end's bounded lock-free inbox and the receiver's doorbell rung.
 //! Frames reaching an end with no port attached, or whose link is down, are dropped and counted
-//! there (`rx_unclaimed`), as are frames too large for the receiver's buffers (`rx_oversize`) and
+//! there (`rx_unclaimed`), as are frames too large for the receiver's buffers or longer than its MTU
+//! allows (`rx_oversize`) and
 //! frames finding no free buffer (`rx_nomem`): the sender never sees the receiver's trouble, and
 //! a dropped frame never keeps a buffer (the Python version leaked one on oversize).
 //!
@@ -348,6 +349,12 @@ impl EndCore {
             if !self.tap.passthrough.load(Relaxed) {
                 return;
             }
+        }
+        // A NIC drops what is longer than its MTU allows (Linux's veth: `is_skb_forwardable`,
+        // MTU + header + one tag), whatever its buffers could hold: only `inject` (a raw wire)
+        // can bring such a frame, the sending end refuses it.
+        if frame.len() > max_frame_len(self.mtu) {
+            return DeviceCounters::bump(&self.ep.counters.rx_oversize);
         }
         let up = self.is_up();
         if let Some((vid, untagged)) = frame.vlan() {
@@ -770,6 +777,28 @@ mod tests {
         assert_eq!(n, 5);
         assert_eq!(pa.free(), 8);
         assert_eq!(pb.free(), 8);
+    }
+
+    #[test]
+    fn injected_frames_longer_than_the_mtu_allows_are_oversize() {
+        // issue 9's corpus: a raw wire brought a 3042-byte frame to a 1500-byte MTU end whose
+        // 4 KiB buffers could hold it, and it was delivered
+        let link = VirtualLink::new("ov0", "ov1", 1500);
+        let b = &link.b;
+        let big = Pool::new("big", 4, 4096);
+        b.attach(Arc::clone(&big)).unwrap();
+        b.inject(&frame(b.mac(), [2; 6], 0x88B5, &[1u8; 1518 - 14]));
+        assert_eq!(
+            recv_all(&**b, Some(0)).len(),
+            1,
+            "MTU + header + one tag is allowed"
+        );
+        b.inject(&frame(b.mac(), [2; 6], 0x88B5, &[1u8; 1518 - 14 + 1]));
+        b.inject(&frame(b.mac(), [2; 6], 0x88B5, &[1u8; 3028]));
+        assert_eq!(counter(&**b, "rx_oversize"), 2);
+        assert!(recv_all(&**b, Some(0)).is_empty());
+        assert_eq!(big.free(), 4, "no buffer kept");
+        b.detach();
     }
 
     #[test]

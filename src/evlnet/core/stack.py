@@ -777,6 +777,10 @@ class Stack:
         self.core.wake()
         if threading.current_thread() is not self._events:
             self._events.join(5.0)
+        # The disabled ports were kept for in-flight events; a closed stack has none. Keeping
+        # them kept their devices, so an AF_PACKET socket (and its ring) stayed open, and with
+        # it the network namespace it lives in, as long as the closed Stack object lived.
+        self._ports_by_id.clear()
 
     def __enter__(self) -> "Stack":
         return self
