@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
-use crate::filter::kernel::{self, Counter, Hook, KernelCounters};
+use crate::filter::kernel::{self, Counter, Hook, KernelCounters, TcxLink};
 use crate::filter::vm::VmFilter;
 use crate::filter::{FilterError, Program};
 use crate::python::{PyAfPacket, PyPort};
@@ -16,6 +16,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFilterProgram>()?;
     m.add_class::<PyKernelProgram>()?;
     m.add_class::<PyKernelCounters>()?;
+    m.add_class::<PyTcxLink>()?;
     m.add_function(wrap_pyfunction!(set_port_filter, m)?)?;
     m.add_function(wrap_pyfunction!(attach_socket_filter, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_floor_program, m)?)?;
@@ -107,16 +108,58 @@ impl PyKernelProgram {
     /// Benchmark hook: run the program `repeat` times on `frame` in the kernel
     /// (BPF_PROG_TEST_RUN): `(return value, ns per run)` as the kernel measured.
     fn test_run(&self, py: Python<'_>, frame: Vec<u8>, repeat: u32) -> PyResult<(u32, u32)> {
-        let Some(fd) = self.fd.as_ref() else {
-            return Err(PyOSError::new_err((libc::EBADF, "closed")));
-        };
-        let prog = kernel::KernelProgram {
-            fd: fd.try_clone().map_err(|e| {
-                PyOSError::new_err((e.raw_os_error().unwrap_or(libc::EIO), e.to_string()))
-            })?,
-        };
+        let prog = program_of(self)?;
         py.detach(|| prog.test_run(&frame, repeat))
             .map_err(|e| PyOSError::new_err((e, "BPF_PROG_TEST_RUN")))
+    }
+}
+
+/// A tc ingress program attached by a tcx link: detached when closed, collected, or when the
+/// process dies.
+#[pyclass(module = "evlnet._core", name = "TcxLink")]
+pub struct PyTcxLink {
+    link: Option<TcxLink>,
+}
+
+fn os_err(errno: i32, what: &str) -> PyErr {
+    PyOSError::new_err((
+        errno,
+        format!("{what}: {}", std::io::Error::from_raw_os_error(errno)),
+    ))
+}
+
+fn program_of(p: &PyKernelProgram) -> PyResult<kernel::KernelProgram> {
+    let fd =
+        p.fd.as_ref()
+            .ok_or_else(|| os_err(libc::EBADF, "closed program"))?;
+    Ok(kernel::KernelProgram {
+        fd: fd
+            .try_clone()
+            .map_err(|e| os_err(e.raw_os_error().unwrap_or(libc::EIO), "dup"))?,
+    })
+}
+
+#[pymethods]
+impl PyTcxLink {
+    /// Attach `program` (loaded for "tc") at interface `ifindex`'s tcx ingress.
+    #[new]
+    fn new(program: PyRef<'_, PyKernelProgram>, ifindex: u32) -> PyResult<Self> {
+        let prog = program_of(&program)?;
+        let link = TcxLink::attach(&prog, ifindex).map_err(|e| os_err(e, "tcx attach"))?;
+        Ok(PyTcxLink { link: Some(link) })
+    }
+    /// Swap the attached program for `program`, atomically.
+    fn update(&self, program: PyRef<'_, PyKernelProgram>) -> PyResult<()> {
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| os_err(libc::EBADF, "closed link"))?;
+        link.update(&program_of(&program)?)
+            .map_err(|e| os_err(e, "tcx update"))
+    }
+    /// Detach the program.
+    fn close(&mut self) {
+        self.link = None;
     }
 }
 

@@ -28,6 +28,9 @@ const BPF_MAP_CREATE: i64 = 0;
 const BPF_MAP_LOOKUP_ELEM: i64 = 1;
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_PROG_TEST_RUN: i64 = 10;
+const BPF_LINK_CREATE: i64 = 28;
+const BPF_LINK_UPDATE: i64 = 29;
+const BPF_TCX_INGRESS: u32 = 46;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -184,6 +187,33 @@ pub fn load(
             e.message
         ),
     })
+}
+
+/// A tc ingress program attached through a tcx link (Linux 6.6+): the link lives as long as its
+/// fd, so a process that dies, even by SIGKILL, takes its program out of the kernel with it.
+pub struct TcxLink {
+    fd: OwnedFd,
+}
+
+impl TcxLink {
+    /// Attach `prog` at `ifindex`'s tcx ingress (BPF_LINK_CREATE), ahead of any clsact filter.
+    pub fn attach(prog: &KernelProgram, ifindex: u32) -> Result<TcxLink, i32> {
+        let mut attr = [0u64; 6];
+        attr[0] = prog.fd.as_raw_fd() as u64 | ((ifindex as u64) << 32); // prog_fd, ifindex
+        attr[1] = BPF_TCX_INGRESS as u64; // attach_type, flags
+        let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+        Ok(TcxLink {
+            // SAFETY: a new fd from the kernel, owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+        })
+    }
+
+    /// Swap the link's program for `prog` in one step (BPF_LINK_UPDATE).
+    pub fn update(&self, prog: &KernelProgram) -> Result<(), i32> {
+        let mut attr = [0u64; 2];
+        attr[0] = self.fd.as_raw_fd() as u64 | ((prog.fd.as_raw_fd() as u64) << 32);
+        bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+    }
 }
 
 /// For the benchmark's comparison of hooks: a program that only returns (XDP_PASS, TC_ACT_OK,

@@ -23,6 +23,7 @@ __all__ = [
     "__version__", "Stack", "Port", "Capture", "Socket", "VirtualEnd", "VirtualVlan",
     "AfPacket", "virtual_link", "monotonic_ns", "FilterProgram", "KernelProgram",
     "KernelCounters", "set_port_filter", "attach_socket_filter", "kernel_floor_program",
+    "TcxLink",
 ]
 
 __version__: str
@@ -541,6 +542,20 @@ class KernelProgram:
     def test_run(self, frame: bytes, repeat: int) -> tuple[int, int]:
         """Benchmark hook: BPF_PROG_TEST_RUN: ``(return value, ns per run)`` as the kernel
         measured it."""
+
+@final
+class TcxLink:
+    """A tc ingress program attached by a tcx link (Linux 6.6+): detached when closed,
+    collected, or when the process dies."""
+
+    def __new__(cls, program: KernelProgram, ifindex: int) -> TcxLink:
+        """Attach *program* (loaded for "tc") at *ifindex*'s tcx ingress."""
+
+    def update(self, program: KernelProgram) -> None:
+        """Swap the attached program for *program*, atomically."""
+
+    def close(self) -> None:
+        """Detach the program."""
 
 @final
 class KernelCounters:

@@ -112,7 +112,7 @@ class BridgeCounters:
 
 
 class _PortDiversion:
-    __slots__ = ("port", "tc", "rule", "user", "user_vids", "kernel_progs")
+    __slots__ = ("port", "tc", "rule", "user", "user_vids", "kernel_progs", "link")
 
     def __init__(self, port: "Port", tc: dv.TcDiversion) -> None:
         self.port = port
@@ -123,6 +123,8 @@ class _PortDiversion:
         self.user_vids: tuple[int, ...] | None = None
         #: the kernel programs installed for it: (tc, socket or None when run in the VM)
         self.kernel_progs: tuple[Any, Any] = (None, None)
+        #: the tcx link running the filter's tc program (None: none, or a clsact filter)
+        self.link: Any = None
 
 
 class KernelBridge:
@@ -267,6 +269,9 @@ class KernelBridge:
         state = self._divert.get(port.ifindex)
         if state is not None and state.port is port:
             del self._divert[port.ifindex]
+            if state.link is not None:
+                state.link.close()
+                state.link = None
             try:
                 state.tc.remove()
             except OSError as exc:
@@ -378,6 +383,9 @@ class KernelBridge:
             if program is None:
                 _core.set_port_filter(port.core, program)   # filter off before the rule is back
                 self._install_accept_all(device)
+                if state.link is not None:    # first, so that nothing is diverted and missed
+                    state.link.close()
+                    state.link = None
                 state.user = None
                 state.user_vids = None
                 self._apply(state, force=True)
@@ -416,10 +424,7 @@ class KernelBridge:
             _core.set_port_filter(port.core, program)
             self._install_accept_all(device)
             try:
-                if not state.tc.installed:
-                    state.tc.install(self._program(dv.DiversionRule(), socket_side=False))
-                rtnl.bpf_fd_filter_set(self._rtnl(), port.ifindex, dv.TC_PRIO, dv.TC_HANDLE,
-                                       tc_prog.fileno(), name)
+                self._attach_tc(state, tc_prog, name)
             except OSError:
                 # the old state back: the previous filter's programs, or the default rule
                 if state.user is None:
@@ -437,13 +442,34 @@ class KernelBridge:
             state.rule = None
             self.counters.diversion_updates += 1
 
+    def _attach_tc(self, state: _PortDiversion, tc_prog: Any, name: str) -> None:
+        """Run *tc_prog* at the port's tc ingress: through a tcx link (Linux 6.6+; it goes with
+        the process, even a killed one), else as the clsact filter evlnet's diversion uses
+        (then a killed process leaves it until the next evlnet start removes it)."""
+        if state.link is not None:
+            state.link.update(tc_prog)
+            return
+        try:
+            with self._in_ns():           # the kernel reads the ifindex in the caller's netns
+                state.link = _core.TcxLink(tc_prog, state.port.ifindex)
+        except OSError as exc:
+            log.info("%s: no tcx (%s): the filter runs as a clsact filter", state.port.name,
+                     exc.strerror)
+            if not state.tc.installed:
+                state.tc.install(self._program(dv.DiversionRule(), socket_side=False))
+            rtnl.bpf_fd_filter_set(self._rtnl(), state.port.ifindex, dv.TC_PRIO, dv.TC_HANDLE,
+                                   tc_prog.fileno(), name)
+            return
+        # the link runs before clsact filters: the default diversion's filter (and the clsact
+        # qdisc, when evlnet made it) can go, so that nothing of ours outlives the process
+        state.tc.remove()
+
     def _reinstall_user(self, state: _PortDiversion) -> None:
         tc_prog, sock_prog = state.kernel_progs
         if tc_prog is None:                       # VM only (no CAP_BPF)
             _core.set_port_filter(state.port.core, state.user)
             return
-        rtnl.bpf_fd_filter_set(self._rtnl(), state.port.ifindex, dv.TC_PRIO, dv.TC_HANDLE,
-                               tc_prog.fileno(), dv.ebpf_marker())
+        self._attach_tc(state, tc_prog, dv.ebpf_marker())
         if sock_prog is not None:
             _device(state.port).set_socket_ebpf_filter(sock_prog)
             _core.set_port_filter(state.port.core, None)
