@@ -35,13 +35,13 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-import evlnet
 from evlnet import AF_INET, SOCK_DGRAM, SOCK_OOB, Stack, VirtualLink
 from evlnet.control import endpoint as ep
 from evlnet.control.client import ControlClient
 from evlnet.control.server import ControlServer
 from evlnet.core.stats import DevStat
 from evlnet.testing import list_namespaces, netns, require_root, veth_pair
+from evlnet.testing.bpf import EXAMPLES, REFUSED, build
 
 PY = sys.executable
 EVL_NET = os.path.join(os.path.dirname(PY), "evl-net")
@@ -288,13 +288,15 @@ def test_vlan_filter_set_show_clear(served):
     assert r.stderr == "evl-net: cannot set VLAN filters: Invalid argument\n"
 
 
-_HAS_FILTER = hasattr(evlnet.Stack, "set_filter")
-
-
-@pytest.mark.skipif(not _HAS_FILTER, reason="eBPF filters not available in this build "
-                                            "(Stack.set_filter missing)")
-def test_filter_remove_and_errors(served):
+def test_filter_install_remove_and_errors(served, tmp_path):
     assert evl_net("-ei", "vlink0").returncode == 0
+    obj = build(os.path.join(EXAMPLES, "ipv4_only.c"), str(tmp_path))
+    r = evl_net(f"-F{obj}", "-i", "vlink0")                  # installed: EVL prints nothing
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    loop = build(os.path.join(REFUSED, "loop.c"), str(tmp_path))
+    r = evl_net(f"-F{loop}", "-i", "vlink0")                 # the verifier's refusal
+    assert r.returncode == 1
+    assert r.stderr == "evl-net: cannot set BPF filter on vlink0: Invalid argument\n"
     r = evl_net("-F", "-i", "vlink0")
     assert (r.returncode, r.stdout) == (0, "eBPF module removed from vlink0\n"), r.stderr
     r = evl_net("--filter", "--interface", "vlink0")
@@ -307,20 +309,9 @@ def test_filter_remove_and_errors(served):
     assert r.stderr == "evl-net: cannot open out-of-band port vlink9: Invalid argument\n"
 
 
-@pytest.mark.skipif(_HAS_FILTER, reason="this build has eBPF filters")
-def test_filter_without_the_api_is_enosys(served):
-    assert evl_net("-ei", "vlink0").returncode == 0
-    r = evl_net("-F", "-i", "vlink0")
-    assert (r.returncode, r.stdout) == (1, "")
-    assert r.stderr == "evl-net: cannot set BPF filter on vlink0: Function not implemented\n"
-    r = evl_net("-F", "-i", "vlink9")
-    assert r.stderr == "evl-net: cannot open out-of-band port vlink9: Invalid argument\n"
-
-
 def test_filter_calls_the_stack_api_through_the_endpoint(inproc, monkeypatch, tmp_path):
-    """-F against a stack whose ``set_filter`` follows the API's contract (this build may not
-    have the real one yet): the tool passes an absolute module path or None, words the results
-    as EVL does, and reports the API's errno."""
+    """-F against a stand-in ``set_filter`` that records its calls: the tool passes an absolute
+    module path or None, words the results as EVL does, and reports the API's errno."""
     stack, server = inproc
     calls = []
 

@@ -254,10 +254,7 @@ class ControlServer:
 
     def _cmd_set_filter(self, args: dict[str, Any]) -> None:
         port = self._open_port(args["ifname"])
-        set_filter = getattr(self.stack, "set_filter", None)
-        if set_filter is None:
-            raise oserror(errno.ENOSYS, "eBPF filters not available in this build")
-        set_filter(port, args.get("module"))
+        self.stack.set_filter(port, args.get("module"))
 
     def _cmd_set_vlans(self, args: dict[str, Any]) -> None:
         self.stack.set_vlans(args["spec"])
