@@ -11,11 +11,20 @@
 //! sees the waiter's count and notifies under the lock, or the waiter sees the flag before it
 //! sleeps.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+#[cfg(loom)]
+use loom::sync::{
+    atomic::{AtomicBool, AtomicUsize},
+    Condvar, Mutex,
+};
+use std::sync::atomic::Ordering::SeqCst;
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+#[cfg(not(loom))]
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// A binary semaphore for waking one thread (see the module doc).
+/// A binary semaphore for waking one thread (see the module doc). Under `--cfg loom` it is
+/// built on loom's atomics and locks, for `tests/loom_doorbell.rs`.
 #[derive(Default)]
 pub struct Doorbell {
     rung: AtomicBool,
