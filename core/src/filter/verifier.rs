@@ -234,9 +234,9 @@ pub fn verify(insns: &[Insn]) -> Check<Facts> {
         next_id: 1,
     };
     let mut seen: HashSet<State> = HashSet::new();
-    let mut todo = vec![start];
+    let mut pending = vec![start];
     let mut steps = 0usize;
-    while let Some(mut st) = todo.pop() {
+    while let Some(mut st) = pending.pop() {
         loop {
             steps += 1;
             if steps > MAX_STEPS {
@@ -256,7 +256,7 @@ pub fn verify(insns: &[Insn]) -> Check<Facts> {
             match w.step(&mut st)? {
                 Next::Continue => {}
                 Next::Exit => break,
-                Next::Fork(other) => todo.push(*other),
+                Next::Fork(other) => pending.push(*other),
             }
         }
     }

@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 
+from .netns import skip_or_fail
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 EXAMPLES = os.path.join(ROOT, "examples", "filters")
@@ -34,11 +36,7 @@ def need_clang() -> str:
         problem = "needs clang to build the eBPF filters (apt-get install clang; ./run test does)"
         if "pytest" not in sys.modules:
             raise OSError(errno.ENOENT, problem)
-        import pytest
-
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(problem, pytrace=False)
-        pytest.skip(problem)
+        skip_or_fail(problem)
     return clang
 
 

@@ -36,6 +36,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from .._netns import setns
 
@@ -462,15 +463,20 @@ def require_root(what: str = "network namespaces, veth pairs and AF_PACKET socke
     """In a test: skip unless root (and ``ip`` is available); under ``CI=true`` fail instead."""
     import shutil
 
-    import pytest
-
     problem = None
     if os.geteuid() != 0:
         problem = f"needs root: {what}"
     elif shutil.which("ip") is None:
         problem = f"needs root and the 'ip' command (iproute2): {what}"
-    if problem is None:
-        return
+    if problem is not None:
+        skip_or_fail(problem)
+
+
+def skip_or_fail(problem: str) -> NoReturn:
+    """In a test that cannot run here: skip with *problem* as the reason, but fail under
+    ``CI=true`` (CI must run every test)."""
+    import pytest
+
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{problem} -- these tests must run in CI (CI=true); run the job as root",
                     pytrace=False)
