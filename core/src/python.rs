@@ -7,12 +7,12 @@
 //! through the stack's in-band queue, read by a Python thread with `next_event`.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use crate::capture::{CaptureConfig, CaptureSink};
 use crate::device::afpacket::AfPacket;
@@ -111,6 +111,11 @@ impl PyStack {
         s.icmp_echo_ignore_broadcasts
             .store(icmp_echo_ignore_broadcasts, Relaxed);
         s.accept_multicast.store(accept_multicast, Relaxed);
+    }
+
+    /// Publish the broadcast addresses of the enabled ports (sends to one need SO_BROADCAST).
+    fn set_broadcasts(&self, addrs: Vec<u32>) {
+        self.core.set_broadcasts(addrs);
     }
 
     /// Publish a new front cache: routes `(dst, port_id, gateway, source, dead)`, neighbours
@@ -882,6 +887,14 @@ pub struct PySocket {
     /// SO_BINDTODEVICE as a port id (None: any).
     #[pyo3(get, set)]
     bound_port: Option<usize>,
+    /// The connected peer (0, 0: not connected), for sends without an address.
+    #[pyo3(get, set)]
+    remote_addr: u32,
+    #[pyo3(get, set)]
+    remote_port: u16,
+    /// The last sender's address as text: a receiver mostly hears one peer, and reusing the
+    /// string keeps the receive path free of allocations for it.
+    peer_text: Mutex<Option<(u32, Py<PyString>)>>,
 }
 
 type RecvResult = (usize, usize, u32, u16, u64, u64, u64);
@@ -896,6 +909,56 @@ type InbandTuple<'py> = (
     u64,
     u64,
 );
+/// `oob_recvmsg_into`'s result: `(nbytes, ancdata, msg_flags, (host, port))`.
+type FastRecv<'py> = (usize, Bound<'py, PyList>, i32, (Bound<'py, PyString>, u16));
+
+/// `flags` when it is a plain int with no bit outside `allowed`.
+fn exact_flags(flags: &Bound<'_, PyAny>, allowed: i32) -> Option<i32> {
+    let v = flags.cast_exact::<PyInt>().ok()?.extract::<i32>().ok()?;
+    (v & !allowed == 0).then_some(v)
+}
+
+/// The one payload of `buffers`: a bytes or bytearray, alone or as a one-item list, of at
+/// most a UDP datagram's payload.
+fn single_payload<'py>(buffers: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let item = match buffers.cast_exact::<PyList>() {
+        Ok(list) if list.len() == 1 => list.get_item(0).ok()?,
+        Ok(_) => return None,
+        Err(_) => buffers.clone(),
+    };
+    let len = if let Ok(b) = item.cast_exact::<PyBytes>() {
+        b.as_bytes().len()
+    } else if let Ok(b) = item.cast_exact::<PyByteArray>() {
+        b.len()
+    } else {
+        return None;
+    };
+    (len <= tx::UDP_MAX_PAYLOAD).then_some(item)
+}
+
+/// The one bytearray of `buffers`, alone or as a one-item list.
+fn single_bytearray<'py>(buffers: &Bound<'py, PyAny>) -> Option<Bound<'py, PyByteArray>> {
+    match buffers.cast_exact::<PyList>() {
+        Ok(list) if list.len() == 1 => list.get_item(0).ok()?.cast_into_exact().ok(),
+        Ok(_) => None,
+        Err(_) => buffers.clone().cast_into_exact().ok(),
+    }
+}
+
+/// `(host, port)` with host in plain dotted-quad form (what `inet_aton` reads the same way).
+fn dotted_quad_address(address: &Bound<'_, PyAny>) -> Option<(u32, u16)> {
+    let t = address.cast_exact::<PyTuple>().ok()?;
+    if t.len() != 2 {
+        return None;
+    }
+    let host = t.get_item(0).ok()?;
+    let host = host.cast_exact::<PyString>().ok()?.to_str().ok()?;
+    let ip: std::net::Ipv4Addr = host.parse().ok()?;
+    let port = t.get_item(1).ok()?;
+    let port = port.cast_exact::<PyInt>().ok()?.extract::<u16>().ok()?;
+    Some((u32::from(ip), port))
+}
+
 type FrameResult<'py> = (
     usize,
     usize,
@@ -909,6 +972,19 @@ type FrameResult<'py> = (
 );
 
 impl PySocket {
+    /// `addr` as dotted-quad text, reusing the string of the previous datagram's sender.
+    fn peer_text<'py>(&self, py: Python<'py>, addr: u32) -> Bound<'py, PyString> {
+        let mut cached = self.peer_text.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((a, text)) = cached.as_ref() {
+            if *a == addr {
+                return text.bind(py).clone();
+            }
+        }
+        let text = PyString::new(py, &std::net::Ipv4Addr::from(addr).to_string());
+        *cached = Some((addr, text.clone().unbind()));
+        text
+    }
+
     /// Pop a datagram: at once with the GIL held when one is there, else wait with it released.
     fn pop_or_wait(
         &self,
@@ -1017,6 +1093,9 @@ impl PySocket {
             dont_fragment: false,
             broadcast: false,
             bound_port: None,
+            remote_addr: 0,
+            remote_port: 0,
+            peer_text: Mutex::new(None),
         })
     }
 
@@ -1169,6 +1248,122 @@ impl PySocket {
             b.meta.src_mac = mac_of(mac)?;
         }
         Ok(self.core.push(b, stack.core.rx_stamping()).is_ok())
+    }
+
+    /// `oob_sendmsg` for the common argument shapes, checked here so that no Python code runs
+    /// per datagram: one bytes or bytearray (alone or as a one-item list), an `(str, int)`
+    /// address in dotted-quad form or none on a connected socket, flags 0 or MSG_DONTWAIT, a
+    /// bound socket, no broadcast without SO_BROADCAST, a front-cache hit. Returns the bytes
+    /// sent, or None for anything else: the caller then takes the general path, which owns
+    /// every refusal (and its errno) and the demotion to the in-band stage.
+    fn try_sendmsg(
+        &self,
+        py: Python<'_>,
+        buffers: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+        flags: &Bound<'_, PyAny>,
+        nonblocking: bool,
+    ) -> PyResult<Option<usize>> {
+        let Some(flags) = exact_flags(flags, libc::MSG_DONTWAIT) else {
+            return Ok(None);
+        };
+        let Some(data) = single_payload(buffers) else {
+            return Ok(None);
+        };
+        let (dst, dport) = if address.is_none() {
+            (self.remote_addr, self.remote_port)
+        } else {
+            match dotted_quad_address(address) {
+                Some(a) => a,
+                None => return Ok(None),
+            }
+        };
+        if dst == 0 || dport == 0 || self.local_port == 0 {
+            return Ok(None);
+        }
+        if !self.broadcast && self.stack.is_broadcast(dst) {
+            return Ok(None);
+        }
+        let Lookup::Hit { route, mac } = self.stack.frontcache.lookup(dst) else {
+            return Ok(None);
+        };
+        if self.bound_port.is_some_and(|bound| bound != route.port) {
+            return Ok(None);
+        }
+        let Some(port) = self.stack.port(route.port) else {
+            return Ok(None);
+        };
+        let nonblock = nonblocking || flags != 0;
+        let tsflags = self.core.tsflags();
+        self.send_via(
+            py,
+            &port,
+            mac,
+            route.source,
+            dst,
+            dport,
+            &data,
+            tsflags,
+            nonblock,
+            None,
+        )
+        .map(Some)
+    }
+
+    /// `oob_recvmsg_into` for the common argument shapes: one bytearray (alone or as a
+    /// one-item list), flags 0 or MSG_DONTWAIT, a timeout of None or seconds >= 0, no control
+    /// buffer. Returns `(nbytes, [], msg_flags, (host, port))`, or None for anything else (the
+    /// caller takes the general path). Errors (EWOULDBLOCK, ETIMEDOUT, the port's) are raised
+    /// here as the general path would raise them.
+    fn try_recvmsg_into<'py>(
+        &self,
+        py: Python<'py>,
+        buffers: &Bound<'py, PyAny>,
+        flags: &Bound<'py, PyAny>,
+        timeout: &Bound<'py, PyAny>,
+        nonblocking: bool,
+        busy_poll_us: u64,
+    ) -> PyResult<Option<FastRecv<'py>>> {
+        let Some(flags) = exact_flags(flags, libc::MSG_DONTWAIT) else {
+            return Ok(None);
+        };
+        let Some(target) = single_bytearray(buffers) else {
+            return Ok(None);
+        };
+        let deadline_ns = if timeout.is_none() {
+            None
+        } else {
+            let secs = if let Ok(f) = timeout.cast_exact::<PyFloat>() {
+                f.value()
+            } else if let Ok(i) = timeout.cast_exact::<PyInt>() {
+                match i.extract::<u32>() {
+                    Ok(v) => f64::from(v),
+                    Err(_) => return Ok(None),
+                }
+            } else {
+                return Ok(None);
+            };
+            if secs.is_nan() || secs < 0.0 {
+                return Ok(None);
+            }
+            // seconds beyond what a u64 of ns holds (~584 years): no deadline at all
+            let ns = secs * 1e9;
+            (ns < 1.8e19).then(|| monotonic_ns().saturating_add(ns as u64))
+        };
+        let nonblock = nonblocking || flags != 0;
+        let b = self.pop_or_wait(py, nonblock, deadline_ns, busy_poll_us)?;
+        let payload = b.payload();
+        // SAFETY: the GIL is held from here to the end of the copy and no Python code runs
+        // meanwhile, so nothing can resize or free the bytearray while the slice lives.
+        let dst = unsafe { target.as_bytes_mut() };
+        let n = payload.len().min(dst.len());
+        dst[..n].copy_from_slice(&payload[..n]);
+        let length = b.len();
+        let (src_addr, src_port) = (b.meta.src_addr, b.meta.src_port);
+        drop(b); // back to the pool before any Python object is made
+        let mflags = if n < length { libc::MSG_TRUNC } else { 0 };
+        let host = self.peer_text(py, src_addr);
+        Ok(Some((n, PyList::empty(py), mflags, (host, src_port))))
     }
 
     /// Send a UDP datagram through the front cache (the oob fast path). Returns the bytes sent,

@@ -94,6 +94,9 @@ pub struct StackCore {
     inband_wakeup: AtomicBool,
     /// Events lost because the in-band queue was full.
     pub inband_drops: AtomicU64,
+    /// The broadcast addresses of the enabled ports (limited and directed), published in-band:
+    /// a send to one needs SO_BROADCAST.
+    broadcasts: ArcSwap<Vec<u32>>,
 }
 
 /// Events waiting for the in-band stage at most.
@@ -111,6 +114,7 @@ impl StackCore {
             inband_ready: EventFd::new()?,
             inband_wakeup: AtomicBool::new(false),
             inband_drops: AtomicU64::new(0),
+            broadcasts: ArcSwap::from_pointee(vec![u32::MAX]),
         };
         s.settings.icmp_echo_ignore_broadcasts.store(true, Relaxed);
         Ok(Arc::new(s))
@@ -127,6 +131,16 @@ impl StackCore {
         let mut next = Demux::clone(&self.demux.load());
         edit(&mut next);
         self.demux.store(Arc::new(next));
+    }
+
+    /// In-band: the broadcast addresses now in force.
+    pub fn set_broadcasts(&self, addrs: Vec<u32>) {
+        self.broadcasts.store(Arc::new(addrs));
+    }
+
+    /// Whether `addr` is a broadcast address of this stack (255.255.255.255 always is).
+    pub fn is_broadcast(&self, addr: u32) -> bool {
+        addr == u32::MAX || self.broadcasts.load().contains(&addr)
     }
 
     pub fn port(&self, id: usize) -> Option<Arc<Port>> {

@@ -238,6 +238,7 @@ class Stack:
         for port in self.ports.values():
             out |= port.local_addrs - port.iface_unicast
         self.broadcast_addrs = frozenset(out)
+        self.core.set_broadcasts(sorted(out))
 
     def port_by_id(self, port_id: int) -> Port | None:
         """The port with core id *port_id* (also after it was disabled), or None."""

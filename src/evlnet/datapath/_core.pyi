@@ -17,7 +17,7 @@ Conventions of the seam:
 """
 
 from collections.abc import Sequence
-from typing import Literal, TypeAlias, final
+from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
     "__version__", "Stack", "Port", "Capture", "Socket", "VirtualEnd", "VirtualVlan",
@@ -67,6 +67,10 @@ class Stack:
     ) -> None:
         """Set the stack-wide switches the RX path reads (ICMP echo answering, multicast, and
         whether blocked receivers wait in the device themselves)."""
+
+    def set_broadcasts(self, addrs: Sequence[int]) -> None:
+        """Publish the broadcast addresses of the enabled ports (sends to one need
+        SO_BROADCAST; 255.255.255.255 always is one)."""
 
     def publish_frontcache(
         self, routes: Sequence[tuple[int, int, int, int, bool]],
@@ -414,9 +418,13 @@ class Socket:
     dont_fragment: bool
     """IP_MTU_DISCOVER: set DF on sends (EMSGSIZE rather than fragments)."""
     broadcast: bool
-    """SO_BROADCAST (stored only: the control plane checks broadcast sends)."""
+    """SO_BROADCAST (the fast send path leaves broadcasts without it to the control plane)."""
     bound_port: int | None
     """SO_BINDTODEVICE as a port id (``None``: any)."""
+    remote_addr: int
+    """The connected peer's address (0: not connected)."""
+    remote_port: int
+    """The connected peer's port (0: not connected)."""
     rcvbuf: int
     """SO_RCVBUF: the queue's limit in bytes."""
     tsflags: int
@@ -460,6 +468,23 @@ class Socket:
     ) -> bool:
         """Queue *data* from an in-band protocol handler; False when over SO_RCVBUF or no
         buffer is free (both counted on the port)."""
+
+    def try_sendmsg(
+        self, buffers: object, address: object, flags: object, nonblocking: bool,
+    ) -> int | None:
+        """``oob_sendmsg`` for the common shapes (one bytes/bytearray alone or in a one-item
+        list, a dotted-quad ``(host, port)`` or None on a connected socket, flags 0 or
+        MSG_DONTWAIT, bound, a front-cache hit, no broadcast without SO_BROADCAST): the bytes
+        sent; None for anything else (the caller takes the general path)."""
+
+    def try_recvmsg_into(
+        self, buffers: object, flags: object, timeout: object, nonblocking: bool,
+        busy_poll_us: int,
+    ) -> tuple[int, list[Any], int, tuple[str, int]] | None:
+        """``oob_recvmsg_into`` for the common shapes (one bytearray alone or in a one-item
+        list, flags 0 or MSG_DONTWAIT, a timeout of None or seconds >= 0): ``(nbytes, [],
+        msg_flags, (host, port))``; None for anything else (the caller takes the general
+        path)."""
 
     def sendto(
         self, dst: int, dport: int, data: _Payload, tsflags: int = 0, nonblock: bool = False,

@@ -76,14 +76,34 @@ RECV_FLAGS = _DONTWAIT | _TIMESTAMP
 SEND_FLAGS = _DONTWAIT
 
 
+def _receive_buffers(buffers: Any) -> list:
+    """*buffers* (one writable bytes-like object or an iterable of them) as a list; EINVAL for
+    anything that cannot be received into."""
+    if isinstance(buffers, (bytes, bytearray, memoryview)):
+        buffers = [buffers]
+    try:
+        out = list(buffers)
+        for b in out:
+            with memoryview(b) as view:
+                if view.readonly:
+                    raise TypeError("read-only")
+    except TypeError:
+        raise oserror(errno.EINVAL, "receive buffers must be writable bytes-like objects") from None
+    return out
+
+
 def deadline_from(timeout: float | None, abs_timeout_ns: int | None) -> int | None:
     """Turn a relative timeout (s) or EVL's absolute CLOCK_MONOTONIC ns into a deadline."""
     if abs_timeout_ns is not None:
-        return int(abs_timeout_ns)
+        if not isinstance(abs_timeout_ns, int):
+            raise oserror(errno.EINVAL, f"bad abs_timeout_ns {abs_timeout_ns!r}")
+        return min(max(int(abs_timeout_ns), 0), (1 << 64) - 1)    # the past: time out at once
     if timeout is None:
         return None
-    if timeout < 0:
-        raise oserror(errno.EINVAL, "negative timeout")
+    if not isinstance(timeout, (int, float)) or not timeout >= 0:     # not a number, < 0, NaN
+        raise oserror(errno.EINVAL, f"bad timeout {timeout!r}")
+    if timeout * 1e9 >= 1.8e19:           # beyond a u64 of ns (~584 years): forever
+        return None
     return _now() + int(timeout * 1e9)
 
 
@@ -267,15 +287,14 @@ class OobSocket(ABC):
             deadline = None
         else:
             deadline = deadline_from(timeout, abs_timeout_ns)
-        if isinstance(buffers, (bytearray, memoryview)):
-            buffers = [buffers]
+        buffers = _receive_buffers(buffers)
         if flags & _TIMESTAMP:
             return self._collect_tx_timestamps(buffers, nonblock, deadline)
         ts = self.tsflags
         if ts & EVL_SOF_TIMESTAMP_RX and 0 < ancbufsize < IOTIMES_SIZE:
             raise oserror(errno.EINVAL, f"control buffer of {ancbufsize} bytes < {IOTIMES_SIZE}")
-        if type(buffers) is list and len(buffers) == 1 and type(buffers[0]) is bytearray:
-            target = buffers[0]           # the common case: one bytearray, filled in place
+        if len(buffers) == 1 and type(buffers[0]) is bytearray:
+            target = buffers[0]           # one bytearray, filled in place
             views = None
         else:
             views = [memoryview(b).cast("B") for b in buffers]

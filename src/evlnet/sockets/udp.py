@@ -155,6 +155,8 @@ class UdpSocket(OobSocket):
             if self.local is None:
                 self._bind_locked(0, 0)
         self.remote = (addr, port)
+        self.core_socket.remote_addr = addr
+        self.core_socket.remote_port = port
         if self._kernel is not None:
             self.stack.kernel_connect(self, addr, port)
 
@@ -187,6 +189,32 @@ class UdpSocket(OobSocket):
             # SO_REUSEPORT: the shared queue lives on with the other owners, who must not
             # see this socket's EBADF; this socket keeps a private queue.
             self.core_socket.private_queue()
+
+    # -- oob I/O: the common argument shapes go straight to the core --------------------------
+    def oob_sendmsg(self, buffers, ancdata=(), flags: int = 0, address=None, *,
+                    timeout: float | None = None, abs_timeout_ns: int | None = None) -> int:
+        """Send one datagram gathered from *buffers* (EVL ``oob_sendmsg``); see
+        ``OobSocket.oob_sendmsg``. The common shapes (one bytes/bytearray, a dotted-quad
+        address, a front-cache hit) are checked and sent by the core without Python code."""
+        if not ancdata and timeout is None and abs_timeout_ns is None and not self._closed:
+            sent = self.core_socket.try_sendmsg(buffers, address, flags, self._nonblocking)
+            if sent is not None:
+                return sent
+        return super().oob_sendmsg(buffers, ancdata, flags, address, timeout=timeout,
+                                   abs_timeout_ns=abs_timeout_ns)
+
+    def oob_recvmsg_into(self, buffers, ancbufsize: int = 0, flags: int = 0, *,
+                         timeout: float | None = None, abs_timeout_ns: int | None = None):
+        """Receive one datagram into writable *buffers*: ``(nbytes, ancdata, msg_flags,
+        address)``; see ``OobSocket.oob_recvmsg_into``. One bytearray, no control buffer and
+        a relative timeout are handled by the core without Python code."""
+        if not ancbufsize and abs_timeout_ns is None and not self._closed:
+            got = self.core_socket.try_recvmsg_into(buffers, flags, timeout, self._nonblocking,
+                                                    self.busy_poll_us)
+            if got is not None:
+                return got
+        return super().oob_recvmsg_into(buffers, ancbufsize, flags, timeout=timeout,
+                                        abs_timeout_ns=abs_timeout_ns)
 
     def _recv(self, target, nonblock, deadline):
         n, length, addr, port, dt, qt, delt = self.core_socket.recv_into(
