@@ -3,12 +3,14 @@
 //! The RX path pushes datagrams (and the TX path timestamp records) here; `oob_recvmsg` pops
 //! them. One small mutex guards the queue: held for a push or a pop only, never while waiting.
 //! The eventfd is readable exactly while something is queued or an error is pending, so a
-//! socket can be polled (select, selectors, asyncio) and a receiver can block in `poll()` with
-//! the GIL released.
+//! socket can be polled (select, selectors, asyncio). It is kept up to date only once someone
+//! asked for it (`fd()`): a socket nobody polls skips the two eventfd syscalls per datagram
+//! (a write when the queue fills, a read when it drains) that would otherwise double the
+//! syscalls of a ping-pong exchange.
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Condvar, Mutex};
 
 use crate::eventfd::EventFd;
@@ -54,6 +56,8 @@ pub struct SocketCore {
     tsflags: AtomicU32,
     tx_ring: TxTimestampRing,
     ready: EventFd,
+    /// Set by the first `fd()`: from then on `ready` follows the state.
+    polled: AtomicBool,
     /// Datagrams refused because the queue was over SO_RCVBUF.
     pub drops: AtomicU64,
 }
@@ -81,6 +85,7 @@ impl SocketCore {
             tsflags: AtomicU32::new(0),
             tx_ring: TxTimestampRing::default(),
             ready: EventFd::new()?,
+            polled: AtomicBool::new(false),
             drops: AtomicU64::new(0),
         })
     }
@@ -93,6 +98,9 @@ impl SocketCore {
     fn refresh(&self, st: &mut State) {
         if self.waiters.load(Relaxed) > 0 {
             self.cond.notify_all();
+        }
+        if !self.polled.load(Relaxed) {
+            return;
         }
         let want =
             !st.items.is_empty() || self.error.load(Relaxed) != 0 || !self.tx_ring.is_empty();
@@ -293,8 +301,14 @@ impl SocketCore {
         self.waiters.load(SeqCst)
     }
 
-    /// The readiness fd (readable while something is queued or an error pending).
+    /// The readiness fd (readable while something is queued or an error pending). The first
+    /// call brings it in line with the state (under the queue's lock, so no push or pop
+    /// in between is missed) and keeps it so from then on.
     pub fn fd(&self) -> i32 {
+        if !self.polled.swap(true, Relaxed) {
+            let mut st = self.lock();
+            self.refresh(&mut st);
+        }
         self.ready.fd()
     }
 }
@@ -311,9 +325,25 @@ mod tests {
     }
 
     #[test]
+    fn fd_follows_the_queue_from_its_first_use() {
+        let pool = Pool::new("t", 4, 2048);
+        let s = SocketCore::new().unwrap();
+        assert!(s.push(datagram(&pool, 10), false).is_ok());
+        assert!(!s.ready.wait(Some(0))); // nobody asked for the fd: left alone
+        let fd = s.fd(); // first use: in line with the queue at once
+        assert!(s.ready.wait(Some(0)));
+        assert!(s.pop().is_some());
+        assert!(!s.ready.wait(Some(0)));
+        assert!(s.push(datagram(&pool, 10), false).is_ok());
+        assert!(s.ready.wait(Some(0)));
+        assert_eq!(s.fd(), fd);
+    }
+
+    #[test]
     fn rcvbuf_bounds_the_queue_and_fd_follows() {
         let pool = Pool::new("t", 8, 2048);
         let s = SocketCore::new().unwrap();
+        s.fd();
         s.set_rcvbuf(2 * (100 + RX_OVERHEAD));
         assert!(s.push(datagram(&pool, 100), false).is_ok());
         assert!(s.push(datagram(&pool, 100), true).is_ok());
