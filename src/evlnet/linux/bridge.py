@@ -49,12 +49,9 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .._netns import inside
 from ..core.frontcache import Neighbour, Route
 from ..core.interface import Address, Interface
 from ..datapath import _core
@@ -62,6 +59,7 @@ from ..drivers.afpacket import AfPacketDevice
 from ..errors import oserror
 from . import diversion as dv
 from . import rtnl
+from .bridge_state import BridgeState, fmt_ip, linux_device
 
 if TYPE_CHECKING:
     from ..core.port import Port
@@ -80,35 +78,6 @@ _IP_HDR = struct.Struct("!BBHHHBBHII")
 
 _bridges: "weakref.WeakSet[KernelBridge]" = weakref.WeakSet()
 _atexit_registered = False
-
-
-def _fmt(ip: int) -> str:
-    return socket.inet_ntoa(ip.to_bytes(4, "big"))
-
-
-def _device(owner: Interface | Port) -> AfPacketDevice:
-    """The AF_PACKET device of a Linux interface or port (``open_interface`` made it)."""
-    device = owner.device
-    assert isinstance(device, AfPacketDevice), f"{owner.name} is not a Linux interface"
-    return device
-
-
-def _ns_id(path_or_fd) -> tuple[int, int]:
-    st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.stat(path_or_fd)
-    return st.st_dev, st.st_ino
-
-
-@dataclass
-class BridgeCounters:
-    events: int = 0                #: netlink notifications handled
-    resyncs: int = 0               #: full resynchronisations after lost notifications
-    neigh_learnt: int = 0
-    neigh_dropped: int = 0
-    route_updates: int = 0
-    diversion_updates: int = 0     #: programs swapped (socket filter + tc filter)
-    demoted_kernel: int = 0        #: demoted datagrams sent through genuine sockets
-    demoted_raw: int = 0           #: ... through the raw IPv4 socket
-    solicit_kicks: int = 0         #: NTF_USE requests
 
 
 class _PortDiversion:
@@ -131,22 +100,17 @@ class KernelBridge:
     """The Linux side of one stack (see the module docstring)."""
 
     def __init__(self, stack: "Stack") -> None:
+        self._shared = shared = BridgeState(stack)
         self.stack = stack
-        self.counters = BridgeCounters()
-        self._ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._ns = _ns_id(self._ns_fd)
-        self._lock = threading.RLock()            # diversion state and port tables
-        self._ports: dict[int, "Port"] = {}       # ifindex -> enabled Linux port (copy on write)
+        self.counters = shared.counters
         self._divert: dict[int, _PortDiversion] = {}
         self._pending: dict[Any, tuple[int, int]] = {}   # sock -> (addr, port) being bound
         self._was_up: dict[int, bool] = {}        # ifindex -> link state last seen by the monitor
         self._raw: socket.socket | None = None
-        self._closed = False
-        self.nl: rtnl.RtnlSocket | None = None
         self._mon: rtnl.RtnlSocket | None = None
         self._stop_fd = -1
         try:
-            self.nl = rtnl.RtnlSocket()
+            shared.nl = rtnl.RtnlSocket()
             self._mon = rtnl.RtnlSocket(rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_LINK |
                                         rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV4_ROUTE)
             self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -154,7 +118,7 @@ class KernelBridge:
             self._release()
             raise
         try:
-            dv.cleanup_stale(self.nl)
+            dv.cleanup_stale(shared.nl)
         except OSError as exc:
             log.warning("could not look for stale diversion filters: %s", exc)
         self._thread = threading.Thread(target=self._monitor, name=f"{stack.name}.netlink",
@@ -162,31 +126,23 @@ class KernelBridge:
         self._thread.start()
         _register(self)
 
-    # -- namespace ------------------------------------------------------------------------------
-    @contextmanager
-    def _in_ns(self) -> Iterator[None]:
-        """Run the block with the calling thread in the bridge's network namespace."""
-        with inside(self._ns_fd):
-            yield
-
-    def _rtnl(self) -> rtnl.RtnlSocket:
-        """The netlink request socket; ESHUTDOWN once the bridge is closed."""
-        if self.nl is None:
-            raise oserror(errno.ESHUTDOWN, "the kernel bridge is closed")
-        return self.nl
+    @property
+    def nl(self) -> rtnl.RtnlSocket | None:
+        """The netlink request socket (None once the bridge is closed)."""
+        return self._shared.nl
 
     # -- interfaces -----------------------------------------------------------------------------
     def open_interface(self, ifname: str) -> Interface:
         """The stack's Interface for Linux interface *ifname* (made once, kind "linux")."""
-        self._check_open()
-        with self._in_ns():
+        self._shared.check_open()
+        with self._shared.in_ns():
             try:
                 ifindex = socket.if_nametoindex(ifname)
             except OSError:
                 raise oserror(errno.EINVAL, f"no interface {ifname!r} in this network namespace") \
                     from None
         stack = self.stack
-        with self._lock:
+        with self._shared.lock:
             iface = stack.interfaces.get(ifname)
             if iface is not None:
                 if iface.kind != "linux" or iface.device.ifindex == ifindex:
@@ -194,15 +150,16 @@ class KernelBridge:
                 # an interface of that name was deleted and re-created: start afresh
                 if stack.ports.get(ifname) is None:
                     stack.interfaces.pop(ifname, None)
-                    _device(iface).close()
+                    linux_device(iface).close()
                 else:
                     return iface
-            with self._in_ns():
+            with self._shared.in_ns():
                 device = AfPacketDevice(ifname)
             try:
                 # nothing is diverted until port_enabled() computes the rule: the ring stays empty
                 device.set_socket_filter(self._program(dv.DiversionRule(), socket_side=True))
-                addrs = [Address(a, p) for a, p in rtnl.addr_dump(self._rtnl(), device.ifindex)]
+                addrs = [Address(a, p)
+                         for a, p in rtnl.addr_dump(self._shared.rtnl_socket(), device.ifindex)]
             except BaseException:
                 device.close()
                 raise
@@ -211,7 +168,7 @@ class KernelBridge:
             return iface
 
     def interface_exists(self, ifname: str) -> bool:
-        with self._in_ns():
+        with self._shared.in_ns():
             try:
                 socket.if_nametoindex(ifname)
             except OSError:
@@ -221,12 +178,12 @@ class KernelBridge:
     # -- ports ----------------------------------------------------------------------------------
     def port_enabled(self, port: "Port") -> None:
         """Install diversion for *port* and load the kernel's neighbours into the front cache."""
-        self._check_open()
-        with self._lock:
+        self._shared.check_open()
+        with self._shared.lock:
             ifindex = port.ifindex
-            state = _PortDiversion(port, dv.TcDiversion(self._rtnl(), ifindex))
+            state = _PortDiversion(port, dv.TcDiversion(self._shared.rtnl_socket(), ifindex))
             self._divert[ifindex] = state
-            self._ports = {**self._ports, ifindex: port}
+            self._shared.ports = {**self._shared.ports, ifindex: port}
             self._was_up[ifindex] = True
             try:
                 self._refresh_addresses(port.iface)
@@ -249,11 +206,11 @@ class KernelBridge:
 
     def port_disabled(self, port: "Port") -> None:
         """Remove *port*'s diversion (tc filter, clsact qdisc we made) and forget it."""
-        with self._lock:
+        with self._shared.lock:
             self._forget_port(port)
             if port.device.vlan_id:
                 self._refresh_diversion()
-        device = _device(port)
+        device = linux_device(port)
         try:
             device.set_socket_filter(self._program(dv.DiversionRule(), socket_side=True))
         except OSError:
@@ -276,10 +233,10 @@ class KernelBridge:
                 state.tc.remove()
             except OSError as exc:
                 log.warning("%s: could not remove the diversion filter: %s", port.name, exc)
-        if self._ports.get(port.ifindex) is port:
-            ports = dict(self._ports)
+        if self._shared.ports.get(port.ifindex) is port:
+            ports = dict(self._shared.ports)
             del ports[port.ifindex]
-            self._ports = ports
+            self._shared.ports = ports
         self._purge_routes(port)
 
     # -- diversion ------------------------------------------------------------------------------
@@ -295,7 +252,7 @@ class KernelBridge:
             all_ipv4 = device.vlan_id in vlans
         elif vlans:
             # VIDs with a VLAN device port on this interface are diverted on that device
-            own = {p.device.vlan_id for p in self._ports.values()
+            own = {p.device.vlan_id for p in self._shared.ports.values()
                    if p.device.vlan_id and getattr(p.device, "real_ifindex", 0) == port.ifindex}
             tagged = tuple(sorted(set(vlans) - own))
         if settings.strict_diversion:
@@ -352,7 +309,7 @@ class KernelBridge:
         rule = self.rule_for_port(state.port)
         if rule == state.rule and not force:
             return
-        device = _device(state.port)
+        device = linux_device(state.port)
         old = state.rule
         if old is not None and old != rule:
             device.set_socket_filter(self._program(_union(old, rule), socket_side=True))
@@ -374,12 +331,12 @@ class KernelBridge:
         away from the kernel misses the ring, and whatever the VM refuses meanwhile is counted.
         A program the kernel refuses as a socket filter (direct packet access is not allowed
         there) keeps running in the VM, behind an accept-all ring; tc still runs it in-kernel."""
-        self._check_open()
-        with self._lock:
+        self._shared.check_open()
+        with self._shared.lock:
             state = self._divert.get(port.ifindex)
             if state is None or state.port is not port:
                 raise oserror(errno.EBADF, f"{port.name} is not an enabled port")
-            device = _device(port)
+            device = linux_device(port)
             if program is None:
                 _core.set_port_filter(port.core, program)   # filter off before the rule is back
                 self._install_accept_all(device)
@@ -450,15 +407,15 @@ class KernelBridge:
             state.link.update(tc_prog)
             return
         try:
-            with self._in_ns():           # the kernel reads the ifindex in the caller's netns
+            with self._shared.in_ns():    # the kernel reads the ifindex in the caller's netns
                 state.link = _core.TcxLink(tc_prog, state.port.ifindex)
         except OSError as exc:
             log.info("%s: no tcx (%s): the filter runs as a clsact filter", state.port.name,
                      exc.strerror)
             if not state.tc.installed:
                 state.tc.install(self._program(dv.DiversionRule(), socket_side=False))
-            rtnl.bpf_fd_filter_set(self._rtnl(), state.port.ifindex, dv.TC_PRIO, dv.TC_HANDLE,
-                                   tc_prog.fileno(), name)
+            rtnl.bpf_fd_filter_set(self._shared.rtnl_socket(), state.port.ifindex, dv.TC_PRIO,
+                                   dv.TC_HANDLE, tc_prog.fileno(), name)
             return
         # the link runs before clsact filters: the default diversion's filter (and the clsact
         # qdisc, when evlnet made it) can go, so that nothing of ours outlives the process
@@ -471,7 +428,7 @@ class KernelBridge:
             return
         self._attach_tc(state, tc_prog, dv.ebpf_marker())
         if sock_prog is not None:
-            _device(state.port).set_socket_ebpf_filter(sock_prog)
+            linux_device(state.port).set_socket_ebpf_filter(sock_prog)
             _core.set_port_filter(state.port.core, None)
         else:
             _core.set_port_filter(state.port.core, state.user)
@@ -480,14 +437,14 @@ class KernelBridge:
         device.set_socket_filter([(dv.BPF_RET | dv.BPF_K, 0, 0, dv.SOCKET_ACCEPT)])
 
     def _refresh_diversion(self) -> None:
-        with self._lock:
+        with self._shared.lock:
             for state in list(self._divert.values()):
                 if state.user is not None and state.kernel_progs[0] is None:
                     # VM only (no CAP_BPF): tc follows the default rule, the ring takes all
                     try:
                         self._apply(state)
                     finally:
-                        self._install_accept_all(_device(state.port))
+                        self._install_accept_all(linux_device(state.port))
                     continue
                 if state.user is not None:
                     # the user's filter decides; only the VLAN set reaches its programs
@@ -515,8 +472,8 @@ class KernelBridge:
     # -- sockets --------------------------------------------------------------------------------
     def new_kernel_socket(self, proto: int = socket.IPPROTO_UDP) -> socket.socket:
         """A genuine kernel UDP socket in the bridge's namespace."""
-        self._check_open()
-        with self._in_ns():
+        self._shared.check_open()
+        with self._shared.in_ns():
             return socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, proto)
 
     def owns_socket(self, sock) -> bool:
@@ -530,14 +487,14 @@ class KernelBridge:
         k = getattr(sock, "_kernel", None)
         if k is not None and self._kernel_knows(addr):
             try:
-                k.bind((_fmt(addr), port))
+                k.bind((fmt_ip(addr), port))
             except OSError as exc:
                 if exc.errno is None:
                     raise
-                raise oserror(exc.errno, f"{_fmt(addr)}:{port}: {os.strerror(exc.errno)} "
+                raise oserror(exc.errno, f"{fmt_ip(addr)}:{port}: {os.strerror(exc.errno)} "
                                          "(in the kernel)") from None
         if getattr(sock, "family", None) == socket.AF_INET:
-            with self._lock:
+            with self._shared.lock:
                 self._pending[sock] = (addr, port)
                 self._refresh_diversion()
 
@@ -554,12 +511,12 @@ class KernelBridge:
         if k is None:
             return
         try:
-            k.connect((_fmt(addr), port))
+            k.connect((fmt_ip(addr), port))
         except OSError as exc:        # in-band send() falls back to sendto(remote)
-            log.debug("kernel connect to %s:%d failed: %s", _fmt(addr), port, exc)
+            log.debug("kernel connect to %s:%d failed: %s", fmt_ip(addr), port, exc)
 
     def socket_closed(self, sock) -> None:
-        with self._lock:
+        with self._shared.lock:
             self._pending.pop(sock, None)
             if getattr(sock, "local", None) is not None or hasattr(sock, "ethertype"):
                 self._refresh_diversion()
@@ -570,14 +527,14 @@ class KernelBridge:
         k = getattr(sock, "_kernel", None)
         try:
             if k is not None:
-                k.sendto(payload, socket.MSG_DONTWAIT, (_fmt(dst), dport))
+                k.sendto(payload, socket.MSG_DONTWAIT, (fmt_ip(dst), dport))
                 self.counters.demoted_kernel += 1
             else:
                 self._raw_send(sock, payload, dst, dport)
                 self.counters.demoted_raw += 1
         except OSError as exc:
             stack.counters.tx_demote_failed += 1
-            log.info("demoted datagram to %s:%d dropped: %s", _fmt(dst), dport, exc)
+            log.info("demoted datagram to %s:%d dropped: %s", fmt_ip(dst), dport, exc)
             return
         # what EVL's ip_learn_oob_route() does when the kernel routes through an oob port
         try:
@@ -590,7 +547,7 @@ class KernelBridge:
         local = sock.local or (0, 0)
         src, sport = local
         if not src or src == 0xFFFFFFFF:
-            src = rtnl.route_get(self._rtnl(), dst).prefsrc
+            src = rtnl.route_get(self._shared.rtnl_socket(), dst).prefsrc
         ulen = 8 + len(payload)
         pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + ulen
         seg = bytearray(_UDP_HDR.pack(sport, dport, ulen, 0) + payload)
@@ -600,15 +557,15 @@ class KernelBridge:
                            0x4000 if ulen + 20 <= 1500 else 0, getattr(sock, "ttl", 64), 17, 0,
                            src, dst)
         if self._raw is None:
-            with self._in_ns():
+            with self._shared.in_ns():
                 self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                           socket.IPPROTO_RAW)
-        self._raw.sendto(hdr + bytes(seg), socket.MSG_DONTWAIT, (_fmt(dst), 0))
+        self._raw.sendto(hdr + bytes(seg), socket.MSG_DONTWAIT, (fmt_ip(dst), 0))
 
     # -- routes and neighbours ------------------------------------------------------------------
     def resolve_route(self, dst: int, bound_device: str | None, mayroute: bool) -> Route:
         """The kernel's route to *dst*, as an oob Route (not cached here: the stack learns it)."""
-        self._check_open()
+        self._shared.check_open()
         oif = 0
         if bound_device:
             port = self.stack.ports.get(bound_device)
@@ -616,28 +573,28 @@ class KernelBridge:
                 raise oserror(errno.ENODEV, f"{bound_device} is not an enabled oob port")
             oif = port.ifindex
         try:
-            ans = rtnl.route_get(self._rtnl(), dst, oif)
+            ans = rtnl.route_get(self._shared.rtnl_socket(), dst, oif)
         except OSError as exc:
             if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.EACCES,
                              errno.EPERM):
-                raise oserror(errno.ENETUNREACH, f"no route to {_fmt(dst)}") from None
+                raise oserror(errno.ENETUNREACH, f"no route to {fmt_ip(dst)}") from None
             raise
         if ans.rtype in (rtnl.RTN_UNREACHABLE, rtnl.RTN_PROHIBIT, rtnl.RTN_BLACKHOLE):
-            raise oserror(errno.ENETUNREACH, f"no route to {_fmt(dst)}")
-        port = self._ports.get(ans.oif)
+            raise oserror(errno.ENETUNREACH, f"no route to {fmt_ip(dst)}")
+        port = self._shared.ports.get(ans.oif)
         if ans.rtype == rtnl.RTN_LOCAL or port is None or not port.enabled:
             name = self._ifname(ans.oif)
-            raise oserror(errno.ENODEV, f"{_fmt(dst)} is routed through {name}, "
+            raise oserror(errno.ENODEV, f"{fmt_ip(dst)} is routed through {name}, "
                                         "which is not an oob port")
         if ans.gateway and not mayroute:
-            raise oserror(errno.ENETUNREACH, f"{_fmt(dst)} is reached through gateway "
-                                             f"{_fmt(ans.gateway)} (EVL_NEIGH_MAYROUTE)")
+            raise oserror(errno.ENETUNREACH, f"{fmt_ip(dst)} is reached through gateway "
+                                             f"{fmt_ip(ans.gateway)} (EVL_NEIGH_MAYROUTE)")
         source = ans.prefsrc or port.iface.source_for(dst)
         return Route(dst, port, ans.gateway, source)
 
     def _ifname(self, ifindex: int) -> str:
         try:
-            link = rtnl.link_get(self._rtnl(), ifindex) if ifindex else None
+            link = rtnl.link_get(self._shared.rtnl_socket(), ifindex) if ifindex else None
         except OSError:
             link = None
         return link.ifname if link is not None and link.ifname else f"ifindex {ifindex}"
@@ -645,7 +602,7 @@ class KernelBridge:
     def solicit_neighbour(self, route: Route, deadline_ns: int, permanent: bool) -> Neighbour:
         """Have the kernel resolve *route*'s next hop (ARP) and wait for the front cache to learn
         it from the monitor. ETIMEDOUT at *deadline_ns*."""
-        self._check_open()
+        self._shared.check_open()
         hop = route.next_hop
         port = route.port
         cache = self.stack.frontcache.neighbours
@@ -661,12 +618,12 @@ class KernelBridge:
                     return neigh
                 kick_at = now + SOLICIT_RETRY_NS
             if now >= deadline_ns:
-                raise oserror(errno.ETIMEDOUT, f"{_fmt(hop)} did not answer ARP on {port.name}")
+                raise oserror(errno.ETIMEDOUT, f"{fmt_ip(hop)} did not answer ARP on {port.name}")
             cache.wait_for(hop, min(deadline_ns, kick_at))
 
     def _kick(self, hop: int, port: "Port") -> Neighbour | None:
         """Look at the kernel's entry: use it when valid, else (re)start its resolution."""
-        nl = self._rtnl()
+        nl = self._shared.rtnl_socket()
         entry = rtnl.neigh_get(nl, hop, port.ifindex)
         if entry is not None and entry.state & rtnl.NUD_VALID_FOR_OOB and entry.lladdr:
             neigh = Neighbour(hop, entry.lladdr, port, bool(entry.state & rtnl.NUD_PERMANENT))
@@ -683,13 +640,13 @@ class KernelBridge:
 
     def make_permanent(self, neigh: Neighbour) -> None:
         """``ip neigh replace <ip> lladdr <mac> nud permanent`` on the port's interface."""
-        self._check_open()
-        rtnl.neigh_set(self._rtnl(), neigh.address, neigh.port.ifindex, rtnl.NUD_PERMANENT,
-                       neigh.mac)
+        self._shared.check_open()
+        rtnl.neigh_set(self._shared.rtnl_socket(), neigh.address, neigh.port.ifindex,
+                       rtnl.NUD_PERMANENT, neigh.mac)
 
     def _sync_neighbours(self, port: "Port") -> None:
         try:
-            entries = rtnl.neigh_dump(self._rtnl(), port.ifindex)
+            entries = rtnl.neigh_dump(self._shared.rtnl_socket(), port.ifindex)
         except OSError as exc:
             log.warning("%s: neighbour dump failed: %s", port.name, exc)
             return
@@ -738,7 +695,7 @@ class KernelBridge:
         poller = select.poll()
         poller.register(mon.fileno(), select.POLLIN)
         poller.register(self._stop_fd, select.POLLIN)
-        while not self._closed:
+        while not self._shared.closed:
             try:
                 # no timer: what sends no netlink notification (packet sockets, custom
                 # protocols, settings) refreshes the diversion when it changes (Stack)
@@ -753,7 +710,7 @@ class KernelBridge:
                         for mtype, body in events:
                             self._event(mtype, body)
             except Exception:   # the monitor must survive anything; it is the cache's only feed
-                if self._closed:
+                if self._shared.closed:
                     break
                 log.exception("netlink monitor")
                 time.sleep(0.05)
@@ -764,7 +721,7 @@ class KernelBridge:
             return
         self.counters.events += 1
         if isinstance(msg, rtnl.NeighMsg):
-            port = self._ports.get(msg.ifindex)
+            port = self._shared.ports.get(msg.ifindex)
             if port is not None:
                 self._neigh_event(port, msg)
         elif isinstance(msg, rtnl.RouteMsg):
@@ -812,21 +769,22 @@ class KernelBridge:
                     self._refresh_addresses(iface)
                 except OSError as exc:
                     log.debug("address refresh of %s failed: %s", iface.name, exc)
-                port = self._ports.get(ifindex)
+                port = self._shared.ports.get(ifindex)
                 if port is not None:
                     port.refresh_addresses()
                     self._refresh_diversion()
         self._revalidate_routes()
 
     def _refresh_addresses(self, iface: Interface) -> None:
-        addrs = [Address(a, p) for a, p in rtnl.addr_dump(self._rtnl(), iface.device.ifindex)]
+        addrs = [Address(a, p)
+                 for a, p in rtnl.addr_dump(self._shared.rtnl_socket(), iface.device.ifindex)]
         iface.addresses[:] = addrs
         port = self.stack.ports.get(iface.name)
         if port is not None and port.iface is iface:
             port.refresh_addresses()
 
     def _link_event(self, msg: rtnl.LinkMsg) -> None:
-        port = self._ports.get(msg.ifindex)
+        port = self._shared.ports.get(msg.ifindex)
         if port is not None:
             port.device.is_up()            # reports a change through on_link_change
             up = port.link_up
@@ -839,7 +797,7 @@ class KernelBridge:
                 if iface.kind == "linux" and iface.device.ifindex == msg.ifindex \
                         and self.stack.ports.get(name) is None:
                     self.stack.interfaces.pop(name, None)
-                    _device(iface).close()
+                    linux_device(iface).close()
 
     def _link_restored(self, port: "Port") -> None:
         """The link is back: what was kept while it was down is replaced by the kernel's view."""
@@ -854,7 +812,7 @@ class KernelBridge:
         """Notifications were lost: reload everything from the kernel."""
         self.counters.resyncs += 1
         cache = self.stack.frontcache.neighbours
-        for port in list(self._ports.values()):
+        for port in list(self._shared.ports.values()):
             for neigh in list(cache):
                 if neigh.port is port:
                     cache.forget(neigh.address)
@@ -868,16 +826,12 @@ class KernelBridge:
         self._refresh_diversion()
 
     # -- lifetime -------------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise oserror(errno.ESHUTDOWN, "the kernel bridge is closed")
-
     def close(self) -> None:
         """Remove all diversion, stop the monitor, release sockets and devices."""
-        if self._closed:
+        if self._shared.closed:
             return
         self._remove_all_diversion()
-        self._closed = True
+        self._shared.closed = True
         if self._stop_fd >= 0:
             os.eventfd_write(self._stop_fd, 1)
         if threading.current_thread() is not self._thread:
@@ -885,12 +839,12 @@ class KernelBridge:
         for name, iface in list(self.stack.interfaces.items()):
             if iface.kind == "linux" and self.stack.ports.get(name) is None:
                 self.stack.interfaces.pop(name, None)
-                _device(iface).close()
+                linux_device(iface).close()
         self._release()
         _bridges.discard(self)
 
     def _remove_all_diversion(self) -> None:
-        with self._lock:
+        with self._shared.lock:
             for ifindex, state in list(self._divert.items()):
                 try:
                     state.tc.remove()
@@ -899,7 +853,7 @@ class KernelBridge:
             self._divert.clear()
 
     def _release(self) -> None:
-        for attr in ("nl", "_mon", "_raw"):
+        for attr in ("_mon", "_raw"):
             s = getattr(self, attr, None)
             if s is not None:
                 setattr(self, attr, None)
@@ -910,13 +864,11 @@ class KernelBridge:
         if self._stop_fd >= 0:
             os.close(self._stop_fd)
             self._stop_fd = -1
-        if self._ns_fd >= 0:
-            os.close(self._ns_fd)
-            self._ns_fd = -1
+        self._shared.release()
 
     def diversion_filters(self) -> list[tuple[int, tuple[int, int]]]:
         """evlnet's tc filters in this namespace: [(ifindex, (pid, start time))]."""
-        return dv.list_filters(self._rtnl())
+        return dv.list_filters(self._shared.rtnl_socket())
 
 
 def kernel_load(program: Any, hook: str, vids: tuple[int, ...], counters: Any, name: str) -> Any:
