@@ -45,7 +45,6 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 import time
 import weakref
@@ -57,7 +56,8 @@ from ..drivers.afpacket import AfPacketDevice
 from ..errors import oserror
 from . import diversion as dv
 from . import rtnl
-from .bridge_state import BridgeState, fmt_ip, linux_device
+from .bridge_state import BridgeState, linux_device
+from .kernel_sockets import KernelSockets
 from .port_filters import PortFilters, diversion_program
 from .routing import KernelRouting
 
@@ -66,8 +66,6 @@ if TYPE_CHECKING:
     from ..core.stack import Stack
 
 log = logging.getLogger("evlnet.linux")
-_UDP_HDR = struct.Struct("!HHHH")
-_IP_HDR = struct.Struct("!BBHHHBBHII")
 
 _bridges: "weakref.WeakSet[KernelBridge]" = weakref.WeakSet()
 _atexit_registered = False
@@ -83,8 +81,8 @@ class KernelBridge:
         self._routing = KernelRouting(shared)
         # kernel_load is looked up at each call, so that tests can replace bridge.kernel_load
         self._filters = PortFilters(shared, lambda *args: kernel_load(*args))
+        self._sockets = KernelSockets(shared, self._filters)
         self._was_up: dict[int, bool] = {}        # ifindex -> link state last seen by the monitor
-        self._raw: socket.socket | None = None
         self._mon: rtnl.RtnlSocket | None = None
         self._stop_fd = -1
         try:
@@ -225,98 +223,24 @@ class KernelBridge:
         """evlnet's tc filters in this namespace: [(ifindex, (pid, start time))]."""
         return self._filters.diversion_filters()
 
-    # -- sockets --------------------------------------------------------------------------------
+    # -- genuine kernel sockets (kernel_sockets.py) ---------------------------------------------
     def new_kernel_socket(self, proto: int = socket.IPPROTO_UDP) -> socket.socket:
-        """A genuine kernel UDP socket in the bridge's namespace."""
-        self._shared.check_open()
-        with self._shared.in_ns():
-            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, proto)
+        return self._sockets.new_kernel_socket(proto)
 
     def owns_socket(self, sock) -> bool:
-        """Whether demoted datagrams of *sock* leave through the kernel's stack."""
-        if getattr(sock, "_kernel", None) is not None:
-            return True
-        return not any(i.kind != "linux" for i in self.stack.interfaces.values())
+        return self._sockets.owns_socket(sock)
 
     def bind(self, sock, addr: int, port: int) -> None:
-        """Reserve (addr, port) in the kernel with the genuine socket, and divert it."""
-        k = getattr(sock, "_kernel", None)
-        if k is not None and self._kernel_knows(addr):
-            try:
-                k.bind((fmt_ip(addr), port))
-            except OSError as exc:
-                if exc.errno is None:
-                    raise
-                raise oserror(exc.errno, f"{fmt_ip(addr)}:{port}: {os.strerror(exc.errno)} "
-                                         "(in the kernel)") from None
-        if getattr(sock, "family", None) == socket.AF_INET:
-            with self._shared.lock:
-                self._filters.pending[sock] = (addr, port)
-                self._filters.refresh()
-
-    def _kernel_knows(self, addr: int) -> bool:
-        if addr in (0, 0xFFFFFFFF):
-            return True
-        for iface in self.stack.interfaces.values():
-            if any(a.address == addr for a in iface.addresses):
-                return iface.kind == "linux"
-        return True
+        self._sockets.bind(sock, addr, port)
 
     def connect(self, sock, addr: int, port: int) -> None:
-        k = getattr(sock, "_kernel", None)
-        if k is None:
-            return
-        try:
-            k.connect((fmt_ip(addr), port))
-        except OSError as exc:        # in-band send() falls back to sendto(remote)
-            log.debug("kernel connect to %s:%d failed: %s", fmt_ip(addr), port, exc)
+        self._sockets.connect(sock, addr, port)
 
     def socket_closed(self, sock) -> None:
-        with self._shared.lock:
-            self._filters.pending.pop(sock, None)
-            if getattr(sock, "local", None) is not None or hasattr(sock, "ethertype"):
-                self._filters.refresh()
+        self._sockets.socket_closed(sock)
 
     def demoted_send(self, sock, payload: bytes, dst: int, dport: int) -> None:
-        """In-band: send a datagram that missed the front cache through the kernel's stack."""
-        stack = self.stack
-        k = getattr(sock, "_kernel", None)
-        try:
-            if k is not None:
-                k.sendto(payload, socket.MSG_DONTWAIT, (fmt_ip(dst), dport))
-                self.counters.demoted_kernel += 1
-            else:
-                self._raw_send(sock, payload, dst, dport)
-                self.counters.demoted_raw += 1
-        except OSError as exc:
-            stack.counters.tx_demote_failed += 1
-            log.info("demoted datagram to %s:%d dropped: %s", fmt_ip(dst), dport, exc)
-            return
-        # what EVL's ip_learn_oob_route() does when the kernel routes through an oob port
-        try:
-            stack.resolve_route(dst, getattr(sock, "bound_device", None), True)
-        except OSError:
-            pass
-
-    def _raw_send(self, sock, payload: bytes, dst: int, dport: int) -> None:
-        from ..wire.checksum import checksum_add
-        local = sock.local or (0, 0)
-        src, sport = local
-        if not src or src == 0xFFFFFFFF:
-            src = rtnl.route_get(self._shared.rtnl_socket(), dst).prefsrc
-        ulen = 8 + len(payload)
-        pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + ulen
-        seg = bytearray(_UDP_HDR.pack(sport, dport, ulen, 0) + payload)
-        csum = ~checksum_add(memoryview(seg), pseudo) & 0xFFFF
-        struct.pack_into("!H", seg, 6, csum or 0xFFFF)
-        hdr = _IP_HDR.pack(0x45, getattr(sock, "tos", 0), 20 + ulen, 0,
-                           0x4000 if ulen + 20 <= 1500 else 0, getattr(sock, "ttl", 64), 17, 0,
-                           src, dst)
-        if self._raw is None:
-            with self._shared.in_ns():
-                self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                          socket.IPPROTO_RAW)
-        self._raw.sendto(hdr + bytes(seg), socket.MSG_DONTWAIT, (fmt_ip(dst), 0))
+        self._sockets.demoted_send(sock, payload, dst, dport)
 
     # -- routes and neighbours (routing.py) -----------------------------------------------------
     def resolve_route(self, dst: int, bound_device: str | None, mayroute: bool) -> Route:
@@ -458,14 +382,13 @@ class KernelBridge:
         self._filters.remove_all()
 
     def _release(self) -> None:
-        for attr in ("_mon", "_raw"):
-            s = getattr(self, attr, None)
-            if s is not None:
-                setattr(self, attr, None)
-                try:
-                    s.close()
-                except OSError:
-                    pass
+        mon, self._mon = self._mon, None
+        if mon is not None:
+            try:
+                mon.close()
+            except OSError:
+                pass
+        self._sockets.release()
         if self._stop_fd >= 0:
             os.close(self._stop_fd)
             self._stop_fd = -1
