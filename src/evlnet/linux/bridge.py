@@ -42,11 +42,7 @@ from __future__ import annotations
 import atexit
 import errno
 import logging
-import os
-import select
 import socket
-import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +54,7 @@ from . import diversion as dv
 from . import rtnl
 from .bridge_state import BridgeState, linux_device
 from .kernel_sockets import KernelSockets
+from .monitor import NetlinkMonitor
 from .port_filters import PortFilters, diversion_program
 from .routing import KernelRouting
 
@@ -82,14 +79,10 @@ class KernelBridge:
         # kernel_load is looked up at each call, so that tests can replace bridge.kernel_load
         self._filters = PortFilters(shared, lambda *args: kernel_load(*args))
         self._sockets = KernelSockets(shared, self._filters)
-        self._was_up: dict[int, bool] = {}        # ifindex -> link state last seen by the monitor
-        self._mon: rtnl.RtnlSocket | None = None
-        self._stop_fd = -1
+        self._monitor = NetlinkMonitor(shared, self._routing, self._filters)
         try:
             shared.nl = rtnl.RtnlSocket()
-            self._mon = rtnl.RtnlSocket(rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_LINK |
-                                        rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV4_ROUTE)
-            self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._monitor.open()
         except BaseException:
             self._release()
             raise
@@ -97,9 +90,7 @@ class KernelBridge:
             dv.cleanup_stale(shared.nl)
         except OSError as exc:
             log.warning("could not look for stale diversion filters: %s", exc)
-        self._thread = threading.Thread(target=self._monitor, name=f"{stack.name}.netlink",
-                                        daemon=True)
-        self._thread.start()
+        self._monitor.start()
         _register(self)
 
     @property
@@ -159,9 +150,9 @@ class KernelBridge:
             ifindex = port.ifindex
             state = self._filters.add_port(port)
             self._shared.ports = {**self._shared.ports, ifindex: port}
-            self._was_up[ifindex] = True
+            self._monitor.was_up[ifindex] = True
             try:
-                self._refresh_addresses(port.iface)
+                self._monitor.refresh_addresses(port.iface)
                 self._filters.apply(state)
             except OSError as exc:
                 self._forget_port(port)
@@ -252,114 +243,6 @@ class KernelBridge:
     def make_permanent(self, neigh: Neighbour) -> None:
         self._routing.make_permanent(neigh)
 
-    # -- monitor (in-band daemon thread) --------------------------------------------------------
-    def _monitor(self) -> None:
-        mon = self._mon
-        if mon is None:               # closed (and released) before this thread ran
-            return
-        poller = select.poll()
-        poller.register(mon.fileno(), select.POLLIN)
-        poller.register(self._stop_fd, select.POLLIN)
-        while not self._shared.closed:
-            try:
-                # no timer: what sends no netlink notification (packet sockets, custom
-                # protocols, settings) refreshes the diversion when it changes (Stack)
-                ready = poller.poll()
-                if any(fd == self._stop_fd for fd, _ in ready):
-                    break
-                if ready:
-                    events = mon.read_events()
-                    if events is None:
-                        self._resync()
-                    else:
-                        for mtype, body in events:
-                            self._event(mtype, body)
-            except Exception:   # the monitor must survive anything; it is the cache's only feed
-                if self._shared.closed:
-                    break
-                log.exception("netlink monitor")
-                time.sleep(0.05)
-
-    def _event(self, mtype: int, body) -> None:
-        msg = rtnl.decode(mtype, body)
-        if msg is None:
-            return
-        self.counters.events += 1
-        if isinstance(msg, rtnl.NeighMsg):
-            port = self._shared.ports.get(msg.ifindex)
-            if port is not None:
-                self._routing.neigh_event(port, msg)
-        elif isinstance(msg, rtnl.RouteMsg):
-            if msg.family == socket.AF_INET:
-                self._routing.revalidate_routes()
-        elif isinstance(msg, rtnl.AddrMsg):
-            self._addr_event(msg.ifindex)
-        elif isinstance(msg, rtnl.LinkMsg):
-            self._link_event(msg)
-
-    def _addr_event(self, ifindex: int) -> None:
-        for iface in list(self.stack.interfaces.values()):
-            if iface.kind == "linux" and iface.device.ifindex == ifindex:
-                try:
-                    self._refresh_addresses(iface)
-                except OSError as exc:
-                    log.debug("address refresh of %s failed: %s", iface.name, exc)
-                port = self._shared.ports.get(ifindex)
-                if port is not None:
-                    port.refresh_addresses()
-                    self._filters.refresh()
-        self._routing.revalidate_routes()
-
-    def _refresh_addresses(self, iface: Interface) -> None:
-        addrs = [Address(a, p)
-                 for a, p in rtnl.addr_dump(self._shared.rtnl_socket(), iface.device.ifindex)]
-        iface.addresses[:] = addrs
-        port = self.stack.ports.get(iface.name)
-        if port is not None and port.iface is iface:
-            port.refresh_addresses()
-
-    def _link_event(self, msg: rtnl.LinkMsg) -> None:
-        port = self._shared.ports.get(msg.ifindex)
-        if port is not None:
-            port.device.is_up()            # reports a change through on_link_change
-            up = port.link_up
-            if up and not self._was_up.get(msg.ifindex, True):
-                self._link_restored(port)
-            self._was_up[msg.ifindex] = up
-            return
-        if msg.deleted:                    # an opened interface that is no port went away
-            for name, iface in list(self.stack.interfaces.items()):
-                if iface.kind == "linux" and iface.device.ifindex == msg.ifindex \
-                        and self.stack.ports.get(name) is None:
-                    self.stack.interfaces.pop(name, None)
-                    linux_device(iface).close()
-
-    def _link_restored(self, port: "Port") -> None:
-        """The link is back: what was kept while it was down is replaced by the kernel's view."""
-        cache = self.stack.frontcache.neighbours
-        for neigh in list(cache):
-            if neigh.port is port:
-                cache.forget(neigh.address)
-        self._routing.purge_routes(port)
-        self._routing.sync_neighbours(port)
-
-    def _resync(self) -> None:
-        """Notifications were lost: reload everything from the kernel."""
-        self.counters.resyncs += 1
-        cache = self.stack.frontcache.neighbours
-        for port in list(self._shared.ports.values()):
-            for neigh in list(cache):
-                if neigh.port is port:
-                    cache.forget(neigh.address)
-            self._routing.sync_neighbours(port)
-            port.device.is_up()
-            try:
-                self._refresh_addresses(port.iface)
-            except OSError:
-                pass
-        self._routing.purge_routes()
-        self._filters.refresh()
-
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
         """Remove all diversion, stop the monitor, release sockets and devices."""
@@ -367,10 +250,7 @@ class KernelBridge:
             return
         self._remove_all_diversion()
         self._shared.closed = True
-        if self._stop_fd >= 0:
-            os.eventfd_write(self._stop_fd, 1)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(2.0)
+        self._monitor.stop()
         for name, iface in list(self.stack.interfaces.items()):
             if iface.kind == "linux" and self.stack.ports.get(name) is None:
                 self.stack.interfaces.pop(name, None)
@@ -382,16 +262,8 @@ class KernelBridge:
         self._filters.remove_all()
 
     def _release(self) -> None:
-        mon, self._mon = self._mon, None
-        if mon is not None:
-            try:
-                mon.close()
-            except OSError:
-                pass
+        self._monitor.release()
         self._sockets.release()
-        if self._stop_fd >= 0:
-            os.close(self._stop_fd)
-            self._stop_fd = -1
         self._shared.release()
 
 
