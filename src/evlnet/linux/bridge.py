@@ -13,29 +13,24 @@ Ports — ``open_interface()`` wraps the interface in an ``AfPacketDevice`` (kin
   ports still enabled when the process exits, and a new bridge first removes the filters a dead
   evlnet process left behind.
 
-Front cache fed by the kernel — a daemon thread (``<stack>.netlink``, in-band) listens to
-  RTMGRP_NEIGH|LINK|IPV4_IFADDR|IPV4_ROUTE, as EVL's ARP cache listens to NETEVENT_NEIGH_UPDATE:
-  REACHABLE/PERMANENT/NOARP neighbours of oob ports are cached; STALE, DELAY, PROBE, FAILED and
-  deleted ones are dropped at once (``ip neigh del`` takes effect in about a millisecond); any
-  IPv4 route change flushes the routes learnt for Linux ports; address changes update the port
-  (``refresh_addresses()``) and its diversion; link changes go to the device's ``is_up()``, which
-  reports them through ``on_link_change`` (False: senders get ENETDOWN and receivers wake; None,
-  the interface was deleted: the port is disabled in-band and can be enabled again when an
-  interface of that name comes back). Lost notifications (ENOBUFS) trigger a full resync.
+Each of the other jobs has its own module; ``KernelBridge`` owns one object per job and its
+methods (the ones ``Stack`` calls) delegate to them:
 
-Routing and solicitation — ``resolve_route()`` asks the kernel (RTM_GETROUTE): ENODEV when it
-  routes through an interface that is no oob port, ENETUNREACH when a gateway is needed without
-  EVL_NEIGH_MAYROUTE or there is no route. ``solicit_neighbour()`` makes the kernel resolve the
-  next hop itself (RTM_NEWNEIGH with NTF_USE, after deleting a STALE/DELAY/PROBE/FAILED entry as
-  EVL forces stale entries to NUD_NONE) and waits until the monitor has cached the answer
-  (ETIMEDOUT at the deadline); ``make_permanent()`` turns the kernel entry PERMANENT.
+- ``port_filters.py`` — input diversion (``rule_for_port()``, ``refresh_diversion()``,
+  ``vlans_changed()``, ``diversion_filters()``) and the user's eBPF RX filters
+  (``set_user_filter()``);
+- ``kernel_sockets.py`` — genuine kernel sockets (``new_kernel_socket()``, ``owns_socket()``,
+  ``bind()``, ``connect()``, ``socket_closed()``, ``demoted_send()``);
+- ``routing.py`` — routes and neighbours from the kernel (``resolve_route()``,
+  ``solicit_neighbour()``, ``make_permanent()``);
+- ``monitor.py`` — the ``<stack>.netlink`` thread: the kernel's notifications of neighbours,
+  links, addresses and routes, applied to the front cache, the ports and their diversion;
+- ``bridge_state.py`` — what they all share: the namespace, the netlink request socket, the
+  enabled ports and their lock, the counters.
 
-Genuine sockets — an oob UDP socket made while the stack has a bridge is also a kernel socket
-  (``new_kernel_socket``): binding reserves the address and port in the kernel, standard options
-  go through, in-band ``send``/``recv`` use the kernel's stack, and demoted datagrams (front-cache
-  misses) are sent with it (``demoted_send``), after which the route is learnt as EVL's
-  ``ip_learn_oob_route()`` hook would. Sockets without one (made before the bridge existed) are
-  demoted through a raw IPv4 socket with their own source address and port.
+Imports go one way: ``bridge`` imports the parts; ``monitor`` uses ``routing`` and
+``port_filters``, ``kernel_sockets`` uses ``port_filters``, all use ``bridge_state``; no part
+imports the bridge or reaches into another's private names.
 """
 from __future__ import annotations
 
