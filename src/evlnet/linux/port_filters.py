@@ -32,6 +32,9 @@ _NOT_DIVERTED = {0x0800, 0x0806, 0x8100, 0x88A8}   # IPv4 and ARP by rule; VLAN 
 
 
 class PortDiversion:
+    """One enabled Linux port's input: its tc hook and the rule installed there and in its ring,
+    or the user's filter that replaces the rule and the kernel programs running it."""
+
     __slots__ = ("port", "tc", "rule", "user", "user_vids", "kernel_progs", "link")
 
     def __init__(self, port: "Port", tc: dv.TcDiversion) -> None:
@@ -48,6 +51,7 @@ class PortDiversion:
 
 
 def diversion_program(rule: dv.DiversionRule, socket_side: bool):
+    """*rule*'s classic BPF program for the ring's socket filter (*socket_side*) or for tc."""
     if socket_side:
         return dv.build_program(rule, dv.SOCKET_ACCEPT, dv.SOCKET_PASS)
     return dv.build_program(rule, dv.TC_ACT_SHOT, dv.TC_ACT_UNSPEC)
