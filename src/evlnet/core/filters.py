@@ -1,8 +1,8 @@
 """eBPF RX filters (EVL's ``evl_net_set_filter``): reading an object file into a verified program.
 
 Where the program then runs is the port's business: in the core's RX path (the rbpf
-interpreter) on a virtual link, in the kernel on a Linux port (``evlnet.linux.bridge``). See
-``core/src/filter/`` for the verdicts, the verifier's rules and the context the program sees.
+interpreter) on a virtual link, in the kernel on a Linux port (``evlnet.linux.port_filters``).
+See ``core/src/filter/`` for the verdicts, the verifier's rules and the context the program sees.
 """
 from __future__ import annotations
 

@@ -13,180 +13,98 @@ Ports — ``open_interface()`` wraps the interface in an ``AfPacketDevice`` (kin
   ports still enabled when the process exits, and a new bridge first removes the filters a dead
   evlnet process left behind.
 
-Front cache fed by the kernel — a daemon thread (``<stack>.netlink``, in-band) listens to
-  RTMGRP_NEIGH|LINK|IPV4_IFADDR|IPV4_ROUTE, as EVL's ARP cache listens to NETEVENT_NEIGH_UPDATE:
-  REACHABLE/PERMANENT/NOARP neighbours of oob ports are cached; STALE, DELAY, PROBE, FAILED and
-  deleted ones are dropped at once (``ip neigh del`` takes effect in about a millisecond); any
-  IPv4 route change flushes the routes learnt for Linux ports; address changes update the port
-  (``refresh_addresses()``) and its diversion; link changes go to the device's ``is_up()``, which
-  reports them through ``on_link_change`` (False: senders get ENETDOWN and receivers wake; None,
-  the interface was deleted: the port is disabled in-band and can be enabled again when an
-  interface of that name comes back). Lost notifications (ENOBUFS) trigger a full resync.
+Each of the other jobs has its own module; ``KernelBridge`` owns one object per job and its
+methods (the ones ``Stack`` calls) delegate to them:
 
-Routing and solicitation — ``resolve_route()`` asks the kernel (RTM_GETROUTE): ENODEV when it
-  routes through an interface that is no oob port, ENETUNREACH when a gateway is needed without
-  EVL_NEIGH_MAYROUTE or there is no route. ``solicit_neighbour()`` makes the kernel resolve the
-  next hop itself (RTM_NEWNEIGH with NTF_USE, after deleting a STALE/DELAY/PROBE/FAILED entry as
-  EVL forces stale entries to NUD_NONE) and waits until the monitor has cached the answer
-  (ETIMEDOUT at the deadline); ``make_permanent()`` turns the kernel entry PERMANENT.
+- ``port_filters.py`` — input diversion (``rule_for_port()``, ``refresh_diversion()``,
+  ``vlans_changed()``, ``diversion_filters()``) and the user's eBPF RX filters
+  (``set_user_filter()``);
+- ``kernel_sockets.py`` — genuine kernel sockets (``new_kernel_socket()``, ``owns_socket()``,
+  ``bind()``, ``connect()``, ``socket_closed()``, ``demoted_send()``);
+- ``routing.py`` — routes and neighbours from the kernel (``resolve_route()``,
+  ``solicit_neighbour()``, ``make_permanent()``);
+- ``monitor.py`` — the ``<stack>.netlink`` thread: the kernel's notifications of neighbours,
+  links, addresses and routes, applied to the front cache, the ports and their diversion;
+- ``bridge_state.py`` — what they all share: the namespace, the netlink request socket, the
+  enabled ports and their lock, the counters.
 
-Genuine sockets — an oob UDP socket made while the stack has a bridge is also a kernel socket
-  (``new_kernel_socket``): binding reserves the address and port in the kernel, standard options
-  go through, in-band ``send``/``recv`` use the kernel's stack, and demoted datagrams (front-cache
-  misses) are sent with it (``demoted_send``), after which the route is learnt as EVL's
-  ``ip_learn_oob_route()`` hook would. Sockets without one (made before the bridge existed) are
-  demoted through a raw IPv4 socket with their own source address and port.
+Imports go one way: ``bridge`` imports the parts; ``monitor`` uses ``routing`` and
+``port_filters``, ``kernel_sockets`` uses ``port_filters``, all use ``bridge_state``; no part
+imports the bridge or reaches into another's private names.
 """
 from __future__ import annotations
 
 import atexit
 import errno
 import logging
-import os
-import select
 import socket
-import struct
-import threading
-import time
 import weakref
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._netns import inside
 from ..core.frontcache import Neighbour, Route
 from ..core.interface import Address, Interface
-from ..datapath import _core
 from ..drivers.afpacket import AfPacketDevice
 from ..errors import oserror
 from . import diversion as dv
 from . import rtnl
+from .bridge_state import BridgeState, linux_device
+from .kernel_sockets import KernelSockets
+from .monitor import NetlinkMonitor
+from .port_filters import PortFilters, diversion_program
+from .routing import KernelRouting
 
 if TYPE_CHECKING:
     from ..core.port import Port
     from ..core.stack import Stack
 
 log = logging.getLogger("evlnet.linux")
-_now = time.monotonic_ns
-#: How often the monitor re-checks what has no notification (packet sockets, ICMP settings).
-#: Kernel ARP gives up after ~3 s (mcast_solicit x retrans_time); solicit re-kicks it at this pace.
-SOLICIT_RETRY_NS = 1_000_000_000
-#: Routes re-asked from the kernel one by one after a routing change; more are flushed.
-REVALIDATE_MAX = 256
-_NOT_DIVERTED = {0x0800, 0x0806, 0x8100, 0x88A8}   # IPv4 and ARP by rule; VLAN tags by the kernel
-_UDP_HDR = struct.Struct("!HHHH")
-_IP_HDR = struct.Struct("!BBHHHBBHII")
 
 _bridges: "weakref.WeakSet[KernelBridge]" = weakref.WeakSet()
 _atexit_registered = False
-
-
-def _fmt(ip: int) -> str:
-    return socket.inet_ntoa(ip.to_bytes(4, "big"))
-
-
-def _device(owner: Interface | Port) -> AfPacketDevice:
-    """The AF_PACKET device of a Linux interface or port (``open_interface`` made it)."""
-    device = owner.device
-    assert isinstance(device, AfPacketDevice), f"{owner.name} is not a Linux interface"
-    return device
-
-
-def _ns_id(path_or_fd) -> tuple[int, int]:
-    st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.stat(path_or_fd)
-    return st.st_dev, st.st_ino
-
-
-@dataclass
-class BridgeCounters:
-    events: int = 0                #: netlink notifications handled
-    resyncs: int = 0               #: full resynchronisations after lost notifications
-    neigh_learnt: int = 0
-    neigh_dropped: int = 0
-    route_updates: int = 0
-    diversion_updates: int = 0     #: programs swapped (socket filter + tc filter)
-    demoted_kernel: int = 0        #: demoted datagrams sent through genuine sockets
-    demoted_raw: int = 0           #: ... through the raw IPv4 socket
-    solicit_kicks: int = 0         #: NTF_USE requests
-
-
-class _PortDiversion:
-    __slots__ = ("port", "tc", "rule", "user", "user_vids", "kernel_progs", "link")
-
-    def __init__(self, port: "Port", tc: dv.TcDiversion) -> None:
-        self.port = port
-        self.tc = tc
-        self.rule: dv.DiversionRule | None = None
-        #: the user's eBPF RX filter (a _core.FilterProgram): replaces the rule while set
-        self.user: Any = None
-        self.user_vids: tuple[int, ...] | None = None
-        #: the kernel programs installed for it: (tc, socket or None when run in the VM)
-        self.kernel_progs: tuple[Any, Any] = (None, None)
-        #: the tcx link running the filter's tc program (None: none, or a clsact filter)
-        self.link: Any = None
 
 
 class KernelBridge:
     """The Linux side of one stack (see the module docstring)."""
 
     def __init__(self, stack: "Stack") -> None:
+        self._shared = shared = BridgeState(stack)
         self.stack = stack
-        self.counters = BridgeCounters()
-        self._ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._ns = _ns_id(self._ns_fd)
-        self._lock = threading.RLock()            # diversion state and port tables
-        self._ports: dict[int, "Port"] = {}       # ifindex -> enabled Linux port (copy on write)
-        self._divert: dict[int, _PortDiversion] = {}
-        self._pending: dict[Any, tuple[int, int]] = {}   # sock -> (addr, port) being bound
-        self._was_up: dict[int, bool] = {}        # ifindex -> link state last seen by the monitor
-        self._raw: socket.socket | None = None
-        self._closed = False
-        self.nl: rtnl.RtnlSocket | None = None
-        self._mon: rtnl.RtnlSocket | None = None
-        self._stop_fd = -1
+        self.counters = shared.counters
+        self._routing = KernelRouting(shared)
+        # kernel_load is looked up at each call, so that tests can replace bridge.kernel_load
+        self._filters = PortFilters(shared, lambda *args: kernel_load(*args))
+        self._sockets = KernelSockets(shared, self._filters)
+        self._monitor = NetlinkMonitor(shared, self._routing, self._filters)
         try:
-            self.nl = rtnl.RtnlSocket()
-            self._mon = rtnl.RtnlSocket(rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_LINK |
-                                        rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV4_ROUTE)
-            self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            shared.nl = rtnl.RtnlSocket()
+            self._monitor.open()
         except BaseException:
             self._release()
             raise
         try:
-            dv.cleanup_stale(self.nl)
+            dv.cleanup_stale(shared.nl)
         except OSError as exc:
             log.warning("could not look for stale diversion filters: %s", exc)
-        self._thread = threading.Thread(target=self._monitor, name=f"{stack.name}.netlink",
-                                        daemon=True)
-        self._thread.start()
+        self._monitor.start()
         _register(self)
 
-    # -- namespace ------------------------------------------------------------------------------
-    @contextmanager
-    def _in_ns(self) -> Iterator[None]:
-        """Run the block with the calling thread in the bridge's network namespace."""
-        with inside(self._ns_fd):
-            yield
-
-    def _rtnl(self) -> rtnl.RtnlSocket:
-        """The netlink request socket; ESHUTDOWN once the bridge is closed."""
-        if self.nl is None:
-            raise oserror(errno.ESHUTDOWN, "the kernel bridge is closed")
-        return self.nl
+    @property
+    def nl(self) -> rtnl.RtnlSocket | None:
+        """The netlink request socket (None once the bridge is closed)."""
+        return self._shared.nl
 
     # -- interfaces -----------------------------------------------------------------------------
     def open_interface(self, ifname: str) -> Interface:
         """The stack's Interface for Linux interface *ifname* (made once, kind "linux")."""
-        self._check_open()
-        with self._in_ns():
+        self._shared.check_open()
+        with self._shared.in_ns():
             try:
                 ifindex = socket.if_nametoindex(ifname)
             except OSError:
                 raise oserror(errno.EINVAL, f"no interface {ifname!r} in this network namespace") \
                     from None
         stack = self.stack
-        with self._lock:
+        with self._shared.lock:
             iface = stack.interfaces.get(ifname)
             if iface is not None:
                 if iface.kind != "linux" or iface.device.ifindex == ifindex:
@@ -194,15 +112,16 @@ class KernelBridge:
                 # an interface of that name was deleted and re-created: start afresh
                 if stack.ports.get(ifname) is None:
                     stack.interfaces.pop(ifname, None)
-                    _device(iface).close()
+                    linux_device(iface).close()
                 else:
                     return iface
-            with self._in_ns():
+            with self._shared.in_ns():
                 device = AfPacketDevice(ifname)
             try:
                 # nothing is diverted until port_enabled() computes the rule: the ring stays empty
-                device.set_socket_filter(self._program(dv.DiversionRule(), socket_side=True))
-                addrs = [Address(a, p) for a, p in rtnl.addr_dump(self._rtnl(), device.ifindex)]
+                device.set_socket_filter(diversion_program(dv.DiversionRule(), socket_side=True))
+                addrs = [Address(a, p)
+                         for a, p in rtnl.addr_dump(self._shared.rtnl_socket(), device.ifindex)]
             except BaseException:
                 device.close()
                 raise
@@ -211,7 +130,7 @@ class KernelBridge:
             return iface
 
     def interface_exists(self, ifname: str) -> bool:
-        with self._in_ns():
+        with self._shared.in_ns():
             try:
                 socket.if_nametoindex(ifname)
             except OSError:
@@ -221,16 +140,15 @@ class KernelBridge:
     # -- ports ----------------------------------------------------------------------------------
     def port_enabled(self, port: "Port") -> None:
         """Install diversion for *port* and load the kernel's neighbours into the front cache."""
-        self._check_open()
-        with self._lock:
+        self._shared.check_open()
+        with self._shared.lock:
             ifindex = port.ifindex
-            state = _PortDiversion(port, dv.TcDiversion(self._rtnl(), ifindex))
-            self._divert[ifindex] = state
-            self._ports = {**self._ports, ifindex: port}
-            self._was_up[ifindex] = True
+            state = self._filters.add_port(port)
+            self._shared.ports = {**self._shared.ports, ifindex: port}
+            self._monitor.was_up[ifindex] = True
             try:
-                self._refresh_addresses(port.iface)
-                self._apply(state)
+                self._monitor.refresh_addresses(port.iface)
+                self._filters.apply(state)
             except OSError as exc:
                 self._forget_port(port)
                 if exc.errno not in (errno.EOPNOTSUPP, errno.ENOENT, errno.EINVAL):
@@ -243,19 +161,19 @@ class KernelBridge:
                 raise
             # a VLAN port changes what its parent port accepts
             if port.device.vlan_id:
-                self._refresh_diversion()
-        self._sync_neighbours(port)
+                self._filters.refresh()
+        self._routing.sync_neighbours(port)
         port.device.is_up()
 
     def port_disabled(self, port: "Port") -> None:
         """Remove *port*'s diversion (tc filter, clsact qdisc we made) and forget it."""
-        with self._lock:
+        with self._shared.lock:
             self._forget_port(port)
             if port.device.vlan_id:
-                self._refresh_diversion()
-        device = _device(port)
+                self._filters.refresh()
+        device = linux_device(port)
         try:
-            device.set_socket_filter(self._program(dv.DiversionRule(), socket_side=True))
+            device.set_socket_filter(diversion_program(dv.DiversionRule(), socket_side=True))
         except OSError:
             pass
         gone = self.nl is None or rtnl.link_get(self.nl, port.ifindex) is None
@@ -266,676 +184,88 @@ class KernelBridge:
             device.close()
 
     def _forget_port(self, port: "Port") -> None:
-        state = self._divert.get(port.ifindex)
-        if state is not None and state.port is port:
-            del self._divert[port.ifindex]
-            if state.link is not None:
-                state.link.close()
-                state.link = None
-            try:
-                state.tc.remove()
-            except OSError as exc:
-                log.warning("%s: could not remove the diversion filter: %s", port.name, exc)
-        if self._ports.get(port.ifindex) is port:
-            ports = dict(self._ports)
+        self._filters.remove_port(port)
+        if self._shared.ports.get(port.ifindex) is port:
+            ports = dict(self._shared.ports)
             del ports[port.ifindex]
-            self._ports = ports
-        self._purge_routes(port)
+            self._shared.ports = ports
+        self._routing.purge_routes(port)
 
-    # -- diversion ------------------------------------------------------------------------------
+    # -- diversion and user eBPF RX filters (port_filters.py) -----------------------------------
     def rule_for_port(self, port: "Port") -> dv.DiversionRule:
-        """What *port* takes from the kernel now (see ``diversion.py``)."""
-        stack = self.stack
-        settings = stack.settings
-        vlans = stack.vlans
-        device = port.device
-        all_ipv4 = False
-        tagged: tuple[int, ...] = ()
-        if device.vlan_id:
-            all_ipv4 = device.vlan_id in vlans
-        elif vlans:
-            # VIDs with a VLAN device port on this interface are diverted on that device
-            own = {p.device.vlan_id for p in self._ports.values()
-                   if p.device.vlan_id and getattr(p.device, "real_ifindex", 0) == port.ifindex}
-            tagged = tuple(sorted(set(vlans) - own))
-        if settings.strict_diversion:
-            return dv.DiversionRule(all_ipv4=all_ipv4, tagged_vids=tagged)
-        local = port.local_addrs
-        udp: dict[int, set[int]] = {}
-        targets: Iterable[int]
-        bindings = [(key & 0xFFFFFFFF, key >> 32, slot.owners[0] if slot.owners else None)
-                    for key, slot in list(stack.udp.slots.items())]
-        for sock, (addr, p) in list(self._pending.items()):
-            if sock.closed or sock.local is not None:
-                self._pending.pop(sock, None)
-            else:
-                bindings.append((addr, p, sock))
-        for addr, p, owner in bindings:
-            dev = getattr(owner, "bound_device", None)
-            if dev and dev != port.name:
-                continue
-            if addr == 0:
-                targets = local
-            elif addr in local:
-                targets = (addr,)
-            else:
-                continue
-            udp.setdefault(p, set()).update(targets)
-        icmp: set[int] = set()
-        if not settings.icmp_echo_ignore_all:
-            icmp = set(port.iface_unicast)
-            if not settings.icmp_echo_ignore_broadcasts:
-                icmp |= local
-        frags = set().union(*udp.values()) if udp else set()
-        ethertypes = set(stack.protocols.by_ethertype)
-        for et, socks in list(stack.packet.by_type.items()):
-            if any(getattr(s, "bound_port", None) in (None, port) for s in socks):
-                ethertypes.add(et)
-        ethertypes -= _NOT_DIVERTED
-        return dv.DiversionRule(
-            udp=tuple((p, tuple(sorted(a))) for p, a in sorted(udp.items())),
-            icmp_echo=tuple(sorted(icmp)), fragments=tuple(sorted(frags)),
-            ethertypes=tuple(sorted(ethertypes)), all_ipv4=all_ipv4, tagged_vids=tagged)
+        return self._filters.rule_for_port(port)
 
-    @staticmethod
-    def _program(rule: dv.DiversionRule, socket_side: bool):
-        if socket_side:
-            return dv.build_program(rule, dv.SOCKET_ACCEPT, dv.SOCKET_PASS)
-        return dv.build_program(rule, dv.TC_ACT_SHOT, dv.TC_ACT_UNSPEC)
-
-    def _apply(self, state: _PortDiversion, force: bool = False) -> None:
-        """Swap *state*'s programs if its rule changed. Called with ``_lock`` held.
-
-        Order: the ring first accepts the union of the old and new rules, then tc switches to the
-        new rule, then the ring narrows to it — so a frame is never dropped by tc without reaching
-        the ring (at worst, during the swap, both get it)."""
-        rule = self.rule_for_port(state.port)
-        if rule == state.rule and not force:
-            return
-        device = _device(state.port)
-        old = state.rule
-        if old is not None and old != rule:
-            device.set_socket_filter(self._program(_union(old, rule), socket_side=True))
-        else:
-            device.set_socket_filter(self._program(rule, socket_side=True))
-        state.tc.install(self._program(rule, socket_side=False))
-        device.set_socket_filter(self._program(rule, socket_side=True))
-        state.rule = rule
-        self.counters.diversion_updates += 1
-
-    # -- user eBPF RX filters -------------------------------------------------------------------
     def set_user_filter(self, port: "Port", program: Any) -> None:
-        """Install the user's eBPF RX filter *program* on Linux *port* (None: back to the
-        default diversion). See ``core/src/filter/kernel.rs``.
-
-        The swap: the ring first takes every frame and the core judges them with the new program
-        in the VM; then tc switches (what the kernel's stack gets); then the ring's socket filter
-        switches to the in-kernel program and the VM stops. So no frame the new tc program takes
-        away from the kernel misses the ring, and whatever the VM refuses meanwhile is counted.
-        A program the kernel refuses as a socket filter (direct packet access is not allowed
-        there) keeps running in the VM, behind an accept-all ring; tc still runs it in-kernel."""
-        self._check_open()
-        with self._lock:
-            state = self._divert.get(port.ifindex)
-            if state is None or state.port is not port:
-                raise oserror(errno.EBADF, f"{port.name} is not an enabled port")
-            device = _device(port)
-            if program is None:
-                _core.set_port_filter(port.core, program)   # filter off before the rule is back
-                self._install_accept_all(device)
-                if state.link is not None:    # first, so that nothing is diverted and missed
-                    state.link.close()
-                    state.link = None
-                state.user = None
-                state.user_vids = None
-                self._apply(state, force=True)
-                state.kernel_progs = (None, None)
-                return
-            vids = tuple(sorted(self.stack.vlans))
-            name = dv.ebpf_marker()
-            try:
-                if port.kernel_filter_counters is None:
-                    port.kernel_filter_counters = _core.KernelCounters()
-                tc_prog = kernel_load(program, "tc", vids, port.kernel_filter_counters, name)
-            except OSError as exc:
-                if exc.errno != errno.EPERM:
-                    raise                                # the verifier's EACCES/EINVAL...
-                # no CAP_BPF: the program runs in the core's VM only, behind an accept-all ring;
-                # the kernel's stack keeps getting what the default rule leaves it
-                log.warning("%s: the kernel refuses eBPF programs (%s): the filter runs in the "
-                            "core's VM, in-band traffic follows the default diversion",
-                            port.name, exc.strerror)
-                _core.set_port_filter(port.core, program)
-                self._install_accept_all(device)
-                state.user = None
-                self._apply(state, force=True)
-                self._install_accept_all(device)
-                state.user = program
-                state.user_vids = vids
-                state.kernel_progs = (None, None)
-                return
-            try:
-                sock_prog = kernel_load(program, "socket", vids, port.kernel_filter_counters,
-                                        name)
-            except OSError as exc:
-                log.info("%s: the kernel refuses the filter as a socket filter (%s); it runs in "
-                         "the core's VM behind an accept-all ring", port.name, exc.strerror)
-                sock_prog = None
-            _core.set_port_filter(port.core, program)
-            self._install_accept_all(device)
-            try:
-                self._attach_tc(state, tc_prog, name)
-            except OSError:
-                # the old state back: the previous filter's programs, or the default rule
-                if state.user is None:
-                    _core.set_port_filter(port.core, None)
-                    self._apply(state, force=True)
-                else:
-                    self._reinstall_user(state)
-                raise
-            if sock_prog is not None:
-                device.set_socket_ebpf_filter(sock_prog)
-                _core.set_port_filter(port.core, None)
-            state.user = program
-            state.user_vids = vids
-            state.kernel_progs = (tc_prog, sock_prog)
-            state.rule = None
-            self.counters.diversion_updates += 1
-
-    def _attach_tc(self, state: _PortDiversion, tc_prog: Any, name: str) -> None:
-        """Run *tc_prog* at the port's tc ingress: through a tcx link (Linux 6.6+; it goes with
-        the process, even a killed one), else as the clsact filter evlnet's diversion uses
-        (then a killed process leaves it until the next evlnet start removes it)."""
-        if state.link is not None:
-            state.link.update(tc_prog)
-            return
-        try:
-            with self._in_ns():           # the kernel reads the ifindex in the caller's netns
-                state.link = _core.TcxLink(tc_prog, state.port.ifindex)
-        except OSError as exc:
-            log.info("%s: no tcx (%s): the filter runs as a clsact filter", state.port.name,
-                     exc.strerror)
-            if not state.tc.installed:
-                state.tc.install(self._program(dv.DiversionRule(), socket_side=False))
-            rtnl.bpf_fd_filter_set(self._rtnl(), state.port.ifindex, dv.TC_PRIO, dv.TC_HANDLE,
-                                   tc_prog.fileno(), name)
-            return
-        # the link runs before clsact filters: the default diversion's filter (and the clsact
-        # qdisc, when evlnet made it) can go, so that nothing of ours outlives the process
-        state.tc.remove()
-
-    def _reinstall_user(self, state: _PortDiversion) -> None:
-        tc_prog, sock_prog = state.kernel_progs
-        if tc_prog is None:                       # VM only (no CAP_BPF)
-            _core.set_port_filter(state.port.core, state.user)
-            return
-        self._attach_tc(state, tc_prog, dv.ebpf_marker())
-        if sock_prog is not None:
-            _device(state.port).set_socket_ebpf_filter(sock_prog)
-            _core.set_port_filter(state.port.core, None)
-        else:
-            _core.set_port_filter(state.port.core, state.user)
-
-    def _install_accept_all(self, device: AfPacketDevice) -> None:
-        device.set_socket_filter([(dv.BPF_RET | dv.BPF_K, 0, 0, dv.SOCKET_ACCEPT)])
-
-    def _refresh_diversion(self) -> None:
-        with self._lock:
-            for state in list(self._divert.values()):
-                if state.user is not None and state.kernel_progs[0] is None:
-                    # VM only (no CAP_BPF): tc follows the default rule, the ring takes all
-                    try:
-                        self._apply(state)
-                    finally:
-                        self._install_accept_all(_device(state.port))
-                    continue
-                if state.user is not None:
-                    # the user's filter decides; only the VLAN set reaches its programs
-                    if tuple(sorted(self.stack.vlans)) != state.user_vids:
-                        try:
-                            self.set_user_filter(state.port, state.user)
-                        except OSError as exc:
-                            log.warning("%s: filter update failed: %s", state.port.name, exc)
-                    continue
-                try:
-                    self._apply(state)
-                except OSError as exc:
-                    if exc.errno == errno.ENODEV or not state.port.link_up:
-                        log.debug("%s: diversion update failed: %s", state.port.name, exc)
-                    else:
-                        log.warning("%s: diversion update failed: %s", state.port.name, exc)
+        self._filters.set_user_filter(port, program)
 
     def refresh_diversion(self) -> None:
         """Recompute what every port accepts (after changing stack settings by hand)."""
-        self._refresh_diversion()
+        self._filters.refresh()
 
     def vlans_changed(self) -> None:
-        self._refresh_diversion()
+        self._filters.refresh()
 
-    # -- sockets --------------------------------------------------------------------------------
+    def diversion_filters(self) -> list[tuple[int, tuple[int, int]]]:
+        """evlnet's tc filters in this namespace: [(ifindex, (pid, start time))]."""
+        return self._filters.diversion_filters()
+
+    # -- genuine kernel sockets (kernel_sockets.py) ---------------------------------------------
     def new_kernel_socket(self, proto: int = socket.IPPROTO_UDP) -> socket.socket:
-        """A genuine kernel UDP socket in the bridge's namespace."""
-        self._check_open()
-        with self._in_ns():
-            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, proto)
+        return self._sockets.new_kernel_socket(proto)
 
     def owns_socket(self, sock) -> bool:
-        """Whether demoted datagrams of *sock* leave through the kernel's stack."""
-        if getattr(sock, "_kernel", None) is not None:
-            return True
-        return not any(i.kind != "linux" for i in self.stack.interfaces.values())
+        return self._sockets.owns_socket(sock)
 
     def bind(self, sock, addr: int, port: int) -> None:
-        """Reserve (addr, port) in the kernel with the genuine socket, and divert it."""
-        k = getattr(sock, "_kernel", None)
-        if k is not None and self._kernel_knows(addr):
-            try:
-                k.bind((_fmt(addr), port))
-            except OSError as exc:
-                if exc.errno is None:
-                    raise
-                raise oserror(exc.errno, f"{_fmt(addr)}:{port}: {os.strerror(exc.errno)} "
-                                         "(in the kernel)") from None
-        if getattr(sock, "family", None) == socket.AF_INET:
-            with self._lock:
-                self._pending[sock] = (addr, port)
-                self._refresh_diversion()
-
-    def _kernel_knows(self, addr: int) -> bool:
-        if addr in (0, 0xFFFFFFFF):
-            return True
-        for iface in self.stack.interfaces.values():
-            if any(a.address == addr for a in iface.addresses):
-                return iface.kind == "linux"
-        return True
+        self._sockets.bind(sock, addr, port)
 
     def connect(self, sock, addr: int, port: int) -> None:
-        k = getattr(sock, "_kernel", None)
-        if k is None:
-            return
-        try:
-            k.connect((_fmt(addr), port))
-        except OSError as exc:        # in-band send() falls back to sendto(remote)
-            log.debug("kernel connect to %s:%d failed: %s", _fmt(addr), port, exc)
+        self._sockets.connect(sock, addr, port)
 
     def socket_closed(self, sock) -> None:
-        with self._lock:
-            self._pending.pop(sock, None)
-            if getattr(sock, "local", None) is not None or hasattr(sock, "ethertype"):
-                self._refresh_diversion()
+        self._sockets.socket_closed(sock)
 
     def demoted_send(self, sock, payload: bytes, dst: int, dport: int) -> None:
-        """In-band: send a datagram that missed the front cache through the kernel's stack."""
-        stack = self.stack
-        k = getattr(sock, "_kernel", None)
-        try:
-            if k is not None:
-                k.sendto(payload, socket.MSG_DONTWAIT, (_fmt(dst), dport))
-                self.counters.demoted_kernel += 1
-            else:
-                self._raw_send(sock, payload, dst, dport)
-                self.counters.demoted_raw += 1
-        except OSError as exc:
-            stack.counters.tx_demote_failed += 1
-            log.info("demoted datagram to %s:%d dropped: %s", _fmt(dst), dport, exc)
-            return
-        # what EVL's ip_learn_oob_route() does when the kernel routes through an oob port
-        try:
-            stack.resolve_route(dst, getattr(sock, "bound_device", None), True)
-        except OSError:
-            pass
+        self._sockets.demoted_send(sock, payload, dst, dport)
 
-    def _raw_send(self, sock, payload: bytes, dst: int, dport: int) -> None:
-        from ..wire.checksum import checksum_add
-        local = sock.local or (0, 0)
-        src, sport = local
-        if not src or src == 0xFFFFFFFF:
-            src = rtnl.route_get(self._rtnl(), dst).prefsrc
-        ulen = 8 + len(payload)
-        pseudo = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 17 + ulen
-        seg = bytearray(_UDP_HDR.pack(sport, dport, ulen, 0) + payload)
-        csum = ~checksum_add(memoryview(seg), pseudo) & 0xFFFF
-        struct.pack_into("!H", seg, 6, csum or 0xFFFF)
-        hdr = _IP_HDR.pack(0x45, getattr(sock, "tos", 0), 20 + ulen, 0,
-                           0x4000 if ulen + 20 <= 1500 else 0, getattr(sock, "ttl", 64), 17, 0,
-                           src, dst)
-        if self._raw is None:
-            with self._in_ns():
-                self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                          socket.IPPROTO_RAW)
-        self._raw.sendto(hdr + bytes(seg), socket.MSG_DONTWAIT, (_fmt(dst), 0))
-
-    # -- routes and neighbours ------------------------------------------------------------------
+    # -- routes and neighbours (routing.py) -----------------------------------------------------
     def resolve_route(self, dst: int, bound_device: str | None, mayroute: bool) -> Route:
-        """The kernel's route to *dst*, as an oob Route (not cached here: the stack learns it)."""
-        self._check_open()
-        oif = 0
-        if bound_device:
-            port = self.stack.ports.get(bound_device)
-            if port is None or not port.enabled or port.iface.kind != "linux":
-                raise oserror(errno.ENODEV, f"{bound_device} is not an enabled oob port")
-            oif = port.ifindex
-        try:
-            ans = rtnl.route_get(self._rtnl(), dst, oif)
-        except OSError as exc:
-            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.EACCES,
-                             errno.EPERM):
-                raise oserror(errno.ENETUNREACH, f"no route to {_fmt(dst)}") from None
-            raise
-        if ans.rtype in (rtnl.RTN_UNREACHABLE, rtnl.RTN_PROHIBIT, rtnl.RTN_BLACKHOLE):
-            raise oserror(errno.ENETUNREACH, f"no route to {_fmt(dst)}")
-        port = self._ports.get(ans.oif)
-        if ans.rtype == rtnl.RTN_LOCAL or port is None or not port.enabled:
-            name = self._ifname(ans.oif)
-            raise oserror(errno.ENODEV, f"{_fmt(dst)} is routed through {name}, "
-                                        "which is not an oob port")
-        if ans.gateway and not mayroute:
-            raise oserror(errno.ENETUNREACH, f"{_fmt(dst)} is reached through gateway "
-                                             f"{_fmt(ans.gateway)} (EVL_NEIGH_MAYROUTE)")
-        source = ans.prefsrc or port.iface.source_for(dst)
-        return Route(dst, port, ans.gateway, source)
-
-    def _ifname(self, ifindex: int) -> str:
-        try:
-            link = rtnl.link_get(self._rtnl(), ifindex) if ifindex else None
-        except OSError:
-            link = None
-        return link.ifname if link is not None and link.ifname else f"ifindex {ifindex}"
+        return self._routing.resolve_route(dst, bound_device, mayroute)
 
     def solicit_neighbour(self, route: Route, deadline_ns: int, permanent: bool) -> Neighbour:
-        """Have the kernel resolve *route*'s next hop (ARP) and wait for the front cache to learn
-        it from the monitor. ETIMEDOUT at *deadline_ns*."""
-        self._check_open()
-        hop = route.next_hop
-        port = route.port
-        cache = self.stack.frontcache.neighbours
-        kick_at = 0
-        while True:
-            neigh = cache.peek(hop)
-            if neigh is not None and neigh.port is port:
-                return neigh
-            now = _now()
-            if now >= kick_at:
-                neigh = self._kick(hop, port)
-                if neigh is not None:
-                    return neigh
-                kick_at = now + SOLICIT_RETRY_NS
-            if now >= deadline_ns:
-                raise oserror(errno.ETIMEDOUT, f"{_fmt(hop)} did not answer ARP on {port.name}")
-            cache.wait_for(hop, min(deadline_ns, kick_at))
-
-    def _kick(self, hop: int, port: "Port") -> Neighbour | None:
-        """Look at the kernel's entry: use it when valid, else (re)start its resolution."""
-        nl = self._rtnl()
-        entry = rtnl.neigh_get(nl, hop, port.ifindex)
-        if entry is not None and entry.state & rtnl.NUD_VALID_FOR_OOB and entry.lladdr:
-            neigh = Neighbour(hop, entry.lladdr, port, bool(entry.state & rtnl.NUD_PERMANENT))
-            self.stack.frontcache.neighbours.learn(neigh)
-            return neigh
-        if entry is not None and entry.state & rtnl.NUD_INCOMPLETE:
-            return None                   # being resolved: wait
-        if entry is not None and entry.state & (rtnl.NUD_STALE | rtnl.NUD_DELAY | rtnl.NUD_PROBE |
-                                                rtnl.NUD_FAILED):
-            rtnl.neigh_del(nl, hop, port.ifindex)     # EVL: stale -> NUD_NONE, then probe
-        rtnl.neigh_set(nl, hop, port.ifindex, rtnl.NUD_NONE, None, rtnl.NTF_USE)
-        self.counters.solicit_kicks += 1
-        return None
+        return self._routing.solicit_neighbour(route, deadline_ns, permanent)
 
     def make_permanent(self, neigh: Neighbour) -> None:
-        """``ip neigh replace <ip> lladdr <mac> nud permanent`` on the port's interface."""
-        self._check_open()
-        rtnl.neigh_set(self._rtnl(), neigh.address, neigh.port.ifindex, rtnl.NUD_PERMANENT,
-                       neigh.mac)
-
-    def _sync_neighbours(self, port: "Port") -> None:
-        try:
-            entries = rtnl.neigh_dump(self._rtnl(), port.ifindex)
-        except OSError as exc:
-            log.warning("%s: neighbour dump failed: %s", port.name, exc)
-            return
-        for e in entries:
-            self._neigh_event(port, e)
-
-    def _purge_routes(self, port: "Port | None" = None) -> None:
-        """Forget the routes learnt for *port* (None: for every Linux port whose link is up;
-        a downed port keeps its routes so that its senders get ENETDOWN)."""
-        routes = self.stack.frontcache.routes
-        for route in list(routes):
-            p = route.port
-            if port is None:
-                if getattr(p, "iface", None) is None or p.iface.kind != "linux" or not p.link_up:
-                    continue
-            elif p is not port:
-                continue
-            routes.forget(route.destination)
-        self.counters.route_updates += 1
-
-    def _revalidate_routes(self) -> None:
-        """The kernel's routing changed: ask it again for every route learnt for a Linux port
-        and keep, replace or forget each one, so that senders whose route did not change stay on
-        the fast path. (Beyond REVALIDATE_MAX cached routes, they are simply flushed.)"""
-        routes = self.stack.frontcache.routes
-        learnt = [r for r in list(routes) if getattr(r.port, "iface", None) is not None
-                  and r.port.iface.kind == "linux" and r.port.link_up]
-        if len(learnt) > REVALIDATE_MAX:
-            self._purge_routes()
-            return
-        for old in learnt:
-            try:
-                new = self.resolve_route(old.destination, None, bool(old.gateway))
-            except OSError:
-                routes.forget(old.destination)
-                continue
-            if (new.port, new.gateway, new.source) != (old.port, old.gateway, old.source):
-                routes.learn(new)
-        self.counters.route_updates += 1
-
-    # -- monitor (in-band daemon thread) --------------------------------------------------------
-    def _monitor(self) -> None:
-        mon = self._mon
-        if mon is None:               # closed (and released) before this thread ran
-            return
-        poller = select.poll()
-        poller.register(mon.fileno(), select.POLLIN)
-        poller.register(self._stop_fd, select.POLLIN)
-        while not self._closed:
-            try:
-                # no timer: what sends no netlink notification (packet sockets, custom
-                # protocols, settings) refreshes the diversion when it changes (Stack)
-                ready = poller.poll()
-                if any(fd == self._stop_fd for fd, _ in ready):
-                    break
-                if ready:
-                    events = mon.read_events()
-                    if events is None:
-                        self._resync()
-                    else:
-                        for mtype, body in events:
-                            self._event(mtype, body)
-            except Exception:   # the monitor must survive anything; it is the cache's only feed
-                if self._closed:
-                    break
-                log.exception("netlink monitor")
-                time.sleep(0.05)
-
-    def _event(self, mtype: int, body) -> None:
-        msg = rtnl.decode(mtype, body)
-        if msg is None:
-            return
-        self.counters.events += 1
-        if isinstance(msg, rtnl.NeighMsg):
-            port = self._ports.get(msg.ifindex)
-            if port is not None:
-                self._neigh_event(port, msg)
-        elif isinstance(msg, rtnl.RouteMsg):
-            if msg.family == socket.AF_INET:
-                self._revalidate_routes()
-        elif isinstance(msg, rtnl.AddrMsg):
-            self._addr_event(msg.ifindex)
-        elif isinstance(msg, rtnl.LinkMsg):
-            self._link_event(msg)
-
-    def _neigh_event(self, port: "Port", msg: rtnl.NeighMsg) -> None:
-        cache = self.stack.frontcache.neighbours
-        if not msg.deleted and msg.state & rtnl.NUD_VALID_FOR_OOB and msg.lladdr \
-                and len(msg.lladdr) == 6:
-            cache.learn(Neighbour(msg.dst, msg.lladdr, port, bool(msg.state & rtnl.NUD_PERMANENT)))
-            self.counters.neigh_learnt += 1
-            self._learn_on_link_route(port, msg.dst)
-            return
-        if not port.link_up:
-            # the kernel flushes a downed link's neighbours; keeping ours until the link is back
-            # makes senders fail with ENETDOWN instead of being demoted (resynced when it is up)
-            return
-        entry = cache.peek(msg.dst)
-        if entry is not None and entry.port is port:
-            cache.forget(msg.dst)
-            self.counters.neigh_dropped += 1
-
-    def _learn_on_link_route(self, port: Port, dst: int) -> None:
-        """The kernel resolved *dst* on *port* (an in-band ping, a kernel socket, solicit):
-        learn the on-link route too, so oob sends to it take the fast path without solicit (EVL
-        learns routes from the in-band side)."""
-        routes = self.stack.frontcache.routes
-        if routes.peek(dst) is not None:
-            return
-        for a in port.iface.addresses:
-            if a.contains(dst) and dst != a.broadcast:
-                routes.learn(Route(dst, port, 0, a.address))
-                self.counters.route_updates += 1
-                return
-
-    def _addr_event(self, ifindex: int) -> None:
-        for iface in list(self.stack.interfaces.values()):
-            if iface.kind == "linux" and iface.device.ifindex == ifindex:
-                try:
-                    self._refresh_addresses(iface)
-                except OSError as exc:
-                    log.debug("address refresh of %s failed: %s", iface.name, exc)
-                port = self._ports.get(ifindex)
-                if port is not None:
-                    port.refresh_addresses()
-                    self._refresh_diversion()
-        self._revalidate_routes()
-
-    def _refresh_addresses(self, iface: Interface) -> None:
-        addrs = [Address(a, p) for a, p in rtnl.addr_dump(self._rtnl(), iface.device.ifindex)]
-        iface.addresses[:] = addrs
-        port = self.stack.ports.get(iface.name)
-        if port is not None and port.iface is iface:
-            port.refresh_addresses()
-
-    def _link_event(self, msg: rtnl.LinkMsg) -> None:
-        port = self._ports.get(msg.ifindex)
-        if port is not None:
-            port.device.is_up()            # reports a change through on_link_change
-            up = port.link_up
-            if up and not self._was_up.get(msg.ifindex, True):
-                self._link_restored(port)
-            self._was_up[msg.ifindex] = up
-            return
-        if msg.deleted:                    # an opened interface that is no port went away
-            for name, iface in list(self.stack.interfaces.items()):
-                if iface.kind == "linux" and iface.device.ifindex == msg.ifindex \
-                        and self.stack.ports.get(name) is None:
-                    self.stack.interfaces.pop(name, None)
-                    _device(iface).close()
-
-    def _link_restored(self, port: "Port") -> None:
-        """The link is back: what was kept while it was down is replaced by the kernel's view."""
-        cache = self.stack.frontcache.neighbours
-        for neigh in list(cache):
-            if neigh.port is port:
-                cache.forget(neigh.address)
-        self._purge_routes(port)
-        self._sync_neighbours(port)
-
-    def _resync(self) -> None:
-        """Notifications were lost: reload everything from the kernel."""
-        self.counters.resyncs += 1
-        cache = self.stack.frontcache.neighbours
-        for port in list(self._ports.values()):
-            for neigh in list(cache):
-                if neigh.port is port:
-                    cache.forget(neigh.address)
-            self._sync_neighbours(port)
-            port.device.is_up()
-            try:
-                self._refresh_addresses(port.iface)
-            except OSError:
-                pass
-        self._purge_routes()
-        self._refresh_diversion()
+        self._routing.make_permanent(neigh)
 
     # -- lifetime -------------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise oserror(errno.ESHUTDOWN, "the kernel bridge is closed")
-
     def close(self) -> None:
         """Remove all diversion, stop the monitor, release sockets and devices."""
-        if self._closed:
+        if self._shared.closed:
             return
         self._remove_all_diversion()
-        self._closed = True
-        if self._stop_fd >= 0:
-            os.eventfd_write(self._stop_fd, 1)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(2.0)
+        self._shared.closed = True
+        self._monitor.stop()
         for name, iface in list(self.stack.interfaces.items()):
             if iface.kind == "linux" and self.stack.ports.get(name) is None:
                 self.stack.interfaces.pop(name, None)
-                _device(iface).close()
+                linux_device(iface).close()
         self._release()
         _bridges.discard(self)
 
     def _remove_all_diversion(self) -> None:
-        with self._lock:
-            for ifindex, state in list(self._divert.items()):
-                try:
-                    state.tc.remove()
-                except OSError as exc:
-                    log.warning("ifindex %d: diversion filter removal failed: %s", ifindex, exc)
-            self._divert.clear()
+        self._filters.remove_all()
 
     def _release(self) -> None:
-        for attr in ("nl", "_mon", "_raw"):
-            s = getattr(self, attr, None)
-            if s is not None:
-                setattr(self, attr, None)
-                try:
-                    s.close()
-                except OSError:
-                    pass
-        if self._stop_fd >= 0:
-            os.close(self._stop_fd)
-            self._stop_fd = -1
-        if self._ns_fd >= 0:
-            os.close(self._ns_fd)
-            self._ns_fd = -1
-
-    def diversion_filters(self) -> list[tuple[int, tuple[int, int]]]:
-        """evlnet's tc filters in this namespace: [(ifindex, (pid, start time))]."""
-        return dv.list_filters(self._rtnl())
+        self._monitor.release()
+        self._sockets.release()
+        self._shared.release()
 
 
 def kernel_load(program: Any, hook: str, vids: tuple[int, ...], counters: Any, name: str) -> Any:
     """Load *program* into the kernel for *hook* (tests replace this to play a process without
     CAP_BPF)."""
     return program.kernel_load(hook, list(vids), counters, name)
-
-
-def _union(a: dv.DiversionRule, b: dv.DiversionRule) -> dv.DiversionRule:
-    udp: dict[int, set[int]] = {}
-    for p, addrs in a.udp + b.udp:
-        udp.setdefault(p, set()).update(addrs)
-    return dv.DiversionRule(
-        udp=tuple((p, tuple(sorted(s))) for p, s in sorted(udp.items())),
-        icmp_echo=tuple(sorted(set(a.icmp_echo) | set(b.icmp_echo))),
-        fragments=tuple(sorted(set(a.fragments) | set(b.fragments))),
-        ethertypes=tuple(sorted(set(a.ethertypes) | set(b.ethertypes))),
-        all_ipv4=a.all_ipv4 or b.all_ipv4,
-        tagged_vids=tuple(sorted(set(a.tagged_vids) | set(b.tagged_vids))))
 
 
 def _register(bridge: KernelBridge) -> None:

@@ -25,7 +25,7 @@ action modules: this VM has no act_gact). Limits: 4096 instructions (about 1000 
 that UDP is matched by address only), and no state — so IPv4 fragments cannot be matched by port
 and all fragments to an address with an oob UDP receiver are diverted.
 
-What a port accepts (``rule_for_port`` in the bridge computes it):
+What a port accepts (``rule_for_port`` in ``port_filters.py`` computes it):
 
 - evlnet's default, with no VLAN set: exactly what its oob sockets would receive — untagged IPv4
   UDP to a bound (address, port) of the port (a wildcard binding means every local address of the
