@@ -39,11 +39,6 @@ def linux_device(owner: Interface | Port) -> AfPacketDevice:
     return device
 
 
-def _ns_id(path_or_fd) -> tuple[int, int]:
-    st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.stat(path_or_fd)
-    return st.st_dev, st.st_ino
-
-
 @dataclass
 class BridgeCounters:
     events: int = 0                #: netlink notifications handled
@@ -64,7 +59,6 @@ class BridgeState:
         self.stack = stack
         self.counters = BridgeCounters()
         self.ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self.ns = _ns_id(self.ns_fd)
         self.lock = threading.RLock()             # diversion state and port tables
         self.ports: dict[int, "Port"] = {}        # ifindex -> enabled Linux port (copy on write)
         self.closed = False

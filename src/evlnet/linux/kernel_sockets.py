@@ -54,13 +54,13 @@ class KernelSockets:
 
     def owns_socket(self, sock) -> bool:
         """Whether demoted datagrams of *sock* leave through the kernel's stack."""
-        if getattr(sock, "_kernel", None) is not None:
+        if getattr(sock, "kernel_socket", None) is not None:
             return True
         return not any(i.kind != "linux" for i in self.stack.interfaces.values())
 
     def bind(self, sock, addr: int, port: int) -> None:
         """Reserve (addr, port) in the kernel with the genuine socket, and divert it."""
-        k = getattr(sock, "_kernel", None)
+        k = getattr(sock, "kernel_socket", None)
         if k is not None and self._kernel_knows(addr):
             try:
                 k.bind((fmt_ip(addr), port))
@@ -83,7 +83,7 @@ class KernelSockets:
         return True
 
     def connect(self, sock, addr: int, port: int) -> None:
-        k = getattr(sock, "_kernel", None)
+        k = getattr(sock, "kernel_socket", None)
         if k is None:
             return
         try:
@@ -100,7 +100,7 @@ class KernelSockets:
     def demoted_send(self, sock, payload: bytes, dst: int, dport: int) -> None:
         """In-band: send a datagram that missed the front cache through the kernel's stack."""
         stack = self.stack
-        k = getattr(sock, "_kernel", None)
+        k = getattr(sock, "kernel_socket", None)
         try:
             if k is not None:
                 k.sendto(payload, socket.MSG_DONTWAIT, (fmt_ip(dst), dport))

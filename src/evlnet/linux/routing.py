@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("evlnet.linux")
 _now = time.monotonic_ns
-#: How often the monitor re-checks what has no notification (packet sockets, ICMP settings).
-#: Kernel ARP gives up after ~3 s (mcast_solicit x retrans_time); solicit re-kicks it at this pace.
+#: How often solicit re-kicks the kernel's resolution while it waits for a neighbour (kernel
+#: ARP gives up after ~3 s: mcast_solicit x retrans_time).
 SOLICIT_RETRY_NS = 1_000_000_000
 #: Routes re-asked from the kernel one by one after a routing change; more are flushed.
 REVALIDATE_MAX = 256

@@ -153,6 +153,12 @@ class OobSocket(ABC):
         once closed."""
         return -1 if self._closed else self.core_socket.fileno()
 
+    @property
+    def kernel_socket(self) -> _pysocket.socket | None:
+        """The genuine kernel socket (oob sockets made while the stack has a Linux port), or
+        None: the kernel bridge binds and connects it alongside the oob side."""
+        return self._kernel
+
     def kernel_fileno(self) -> int:
         """The genuine kernel socket's descriptor (oob sockets of a stack with Linux ports are
         also kernel sockets, as in EVL: in-band options and I/O go there); -1 without one."""
