@@ -250,3 +250,20 @@ def test_own_namespace_deleted_while_traffic_flows():
             "the veth survived the stack: something still holds the deleted namespace"
         kernel.close()
     assert list_namespaces(os.getpid()) == []
+
+
+def test_a_port_object_kept_after_close_holds_nothing_of_the_kernel():
+    """A program may keep its Port object (or a reference cycle may, until the garbage collector
+    runs) after ``stack.close()``: the packet socket, its ring and its hold on the network
+    namespace go at close all the same. Observable: deleting the namespace destroys the veth
+    pair at once (a socket still open in it would keep the namespace, and the pair, alive)."""
+    with netns("fk") as a, netns("fl") as b:
+        with veth_pair(a, b, addr_a=f"{A_IP}/24", addr_b=f"{B_IP}/24") as (ea, eb):
+            stack = Stack(unique("kept"))
+            with in_netns(a):
+                port = stack.enable_port(ea.name)
+            stack.close()
+            subprocess.run(["ip", "netns", "del", a.name], check=True)
+            assert wait_until(lambda: not eb.exists(), timeout=5), \
+                "the veth pair outlived its namespace: something still holds the namespace"
+            assert not port.enabled

@@ -477,6 +477,9 @@ impl Port {
         self.reasm.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.tx_pool.close();
         self.rx_pool.close();
+        // threads joined, device detached: what the kernel holds for it goes now, even while
+        // a handle on this port lives on (a Python object until its garbage is collected)
+        self.device.release();
     }
 
     /// Whether the RX or TX thread still runs.

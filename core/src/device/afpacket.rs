@@ -331,6 +331,8 @@ pub struct AfPacket {
     consumed: AtomicU64,
     pool: ArcSwapOption<Pool>,
     attached: AtomicBool,
+    /// Set by `release()`: the ring is gone and `sock` refers to /dev/null.
+    released: AtomicBool,
     /// Serialises attach/detach.
     ctl: Mutex<()>,
     link: AtomicU8,
@@ -452,6 +454,7 @@ impl AfPacket {
             consumed: AtomicU64::new(0),
             pool: ArcSwapOption::empty(),
             attached: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             ctl: Mutex::new(()),
             link: AtomicU8::new(if up { LINK_UP } else { LINK_DOWN }),
             counters: DeviceCounters::default(),
@@ -496,6 +499,7 @@ impl AfPacket {
     /// to keep frames whole). Frames already in the ring are still delivered. EINVAL for an
     /// empty or longer than 4096 program, or one the kernel rejects.
     pub fn set_filter(&self, prog: &[(u16, u8, u8, u32)]) -> io::Result<()> {
+        self.check_live()?;
         if prog.is_empty() || prog.len() > BPF_MAXINSNS {
             return Err(errno(libc::EINVAL));
         }
@@ -525,21 +529,34 @@ impl AfPacket {
     /// Attach an eBPF socket filter program (`SO_ATTACH_BPF`), replacing any filter at once.
     /// The socket holds its own reference: the caller may close `prog_fd` afterwards.
     pub fn set_ebpf_filter(&self, prog_fd: RawFd) -> io::Result<()> {
+        self.check_live()?;
         setsockopt_int(&self.sock, libc::SOL_SOCKET, libc::SO_ATTACH_BPF, prog_fd)
     }
 
     /// Remove the socket filter (every frame is received again); Ok when there was none.
     pub fn clear_filter(&self) -> io::Result<()> {
+        self.check_live()?;
         match setsockopt_int(&self.sock, libc::SOL_SOCKET, SO_DETACH_FILTER, 0) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r,
         }
     }
 
+    /// ENETDOWN once `release()` gave the socket back.
+    fn check_live(&self) -> io::Result<()> {
+        if self.released.load(Acquire) {
+            return Err(errno(libc::ENETDOWN));
+        }
+        Ok(())
+    }
+
     /// Read (and thereby reset) the kernel's PACKET_STATISTICS: adds them to `kernel_drops` /
     /// `kernel_freeze_q_cnt` and returns this interval's `(packets, drops, freeze_q_cnt)`
     /// (`packets` includes the dropped ones).
     pub fn read_kernel_stats(&self) -> io::Result<(u64, u64, u64)> {
+        if self.released.load(Acquire) {
+            return Ok((0, 0, 0));
+        }
         // struct tpacket_stats (V2: 8 bytes) or tpacket_stats_v3 (12 bytes)
         let mut raw = [0u32; 3];
         let mut len = mem::size_of_val(&raw) as libc::socklen_t;
@@ -840,6 +857,7 @@ impl Device for AfPacket {
     /// interface is gone.
     fn attach(&self, rx_pool: Arc<Pool>) -> io::Result<()> {
         let _c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_live()?;
         let mut req = IfReq {
             name: [0; IFNAMSIZ],
             data: [0; 24],
@@ -880,13 +898,50 @@ impl Device for AfPacket {
         self.wake();
     }
 
+    fn release(&self) {
+        let _c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        if self.attached.load(Acquire) || self.released.load(Acquire) {
+            return; // still in use, or done already
+        }
+        let _rx = self.lock_rx(); // no consumer is inside the ring meanwhile
+        self.released.store(true, Release);
+        self.set_link(LINK_DOWN, false);
+        // SAFETY: replaces exactly our own mapping (base/len as mmap returned them) with
+        // private zero pages, atomically: the kernel's ring is unmapped, and a late lock-free
+        // `ready()` reads a zero status (kernel-owned: nothing to take) instead of faulting.
+        // No reference into the old mapping exists (accessors borrow the ring only briefly,
+        // and the RX lock is held). `Ring::drop` unmaps the replacement.
+        unsafe {
+            libc::mmap(
+                self.ring.base.as_ptr() as *mut libc::c_void,
+                self.ring.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        // Close the packet socket (and with it the kernel's ring and its hold on the network
+        // namespace) by putting /dev/null in its place: the descriptor number stays ours, so a
+        // late call can never reach another file that got the number.
+        // SAFETY: plain syscalls on a NUL-terminated literal path and on descriptors we own;
+        // dup3 atomically closes the socket and makes our fd refer to /dev/null.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if null >= 0 {
+                libc::dup3(null, self.sock.as_raw_fd(), libc::O_CLOEXEC);
+                libc::close(null);
+            }
+        }
+    }
+
     fn receive(
         &self,
         limit: usize,
         timeout_ns: Option<u64>,
         sink: &mut dyn FnMut(PacketBuf),
     ) -> io::Result<usize> {
-        if limit == 0 {
+        if limit == 0 || self.released.load(Acquire) {
             return Ok(0);
         }
         if timeout_ns == Some(0) {
@@ -972,6 +1027,9 @@ impl Device for AfPacket {
     }
 
     fn transmit(&self, frame: &[u8]) -> io::Result<()> {
+        if self.released.load(Acquire) {
+            return Err(errno(libc::ENETDOWN));
+        }
         if frame.len() > max_frame_len(self.mtu.load(Relaxed)) {
             DeviceCounters::bump(&self.counters.tx_errors);
             return Err(errno(libc::EMSGSIZE));
@@ -1467,6 +1525,52 @@ mod tests {
         assert_eq!(collect(&dev, marker, 1, 2_000_000_000).len(), 1);
         assert_eq!(dev.counters().kernel_drops.load(Relaxed), extra as u64);
         assert_eq!(dev.read_kernel_stats().unwrap().1, 0, "read and reset");
+    }
+
+    #[test]
+    fn release_gives_the_socket_and_ring_back_and_later_calls_fail_cleanly() {
+        if !require_root() {
+            return;
+        }
+        let (dev, _) = open_lo();
+        let pool = Pool::new("rx", 8, 2048);
+        dev.attach(Arc::clone(&pool)).unwrap();
+        dev.release(); // refused while attached
+        assert!(!dev.released.load(Acquire));
+        dev.detach();
+        dev.release();
+        dev.release(); // idempotent
+
+        // SAFETY: fstat on our own descriptor into a zeroed, valid stat buffer.
+        let mode = unsafe {
+            let mut st: libc::stat = mem::zeroed();
+            assert_eq!(libc::fstat(dev.fd(), &mut st), 0);
+            st.st_mode & libc::S_IFMT
+        };
+        assert_eq!(
+            mode,
+            libc::S_IFCHR,
+            "the packet socket is closed (/dev/null in its place)"
+        );
+        assert!(!dev.ready());
+        assert_eq!(dev.receive(8, Some(0), &mut |_| ()).unwrap(), 0);
+        assert_eq!(dev.receive(8, Some(1_000_000), &mut |_| ()).unwrap(), 0);
+        let down = Some(libc::ENETDOWN);
+        assert_eq!(dev.transmit(&[0u8; 60]).unwrap_err().raw_os_error(), down);
+        assert_eq!(
+            dev.attach(Arc::clone(&pool)).unwrap_err().raw_os_error(),
+            down
+        );
+        assert_eq!(
+            dev.set_filter(&marker_filter(0x88b5, 1))
+                .unwrap_err()
+                .raw_os_error(),
+            down
+        );
+        assert_eq!(dev.clear_filter().unwrap_err().raw_os_error(), down);
+        assert_eq!(dev.read_kernel_stats().unwrap(), (0, 0, 0));
+        assert!(!dev.is_up());
+        assert_eq!(pool.free(), 8);
     }
 
     #[test]

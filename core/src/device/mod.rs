@@ -151,6 +151,12 @@ pub trait Device: Send + Sync {
     fn set_link_listener(&self, listener: Option<LinkListener>) {
         let _ = listener;
     }
+
+    /// The port is gone for good (called after `detach()`): hand back what the kernel holds
+    /// for the device now, not when the last handle on it goes, which a garbage-collected
+    /// language may delay indefinitely. Later calls fail cleanly (ENETDOWN, empty receives).
+    /// Devices that hold nothing of the kernel's keep the default, which does nothing.
+    fn release(&self) {}
 }
 
 /// The listener slot both backends keep: cloned out under a short lock and called without it,
