@@ -362,7 +362,9 @@ def test_reassembly_memory_bound(make_solo):
     eth = Ether(dst=mac_str(solo.b_mac), src=mac_str(solo.wire_mac))
 
     def frags_of(ident, size, fragsize=1000):
-        return fragment(IP(src=PEER_IP, dst=B_IP, id=ident) / UDP(sport=1234, dport=6000)
+        # one source each: one source alone may only hold a quarter (test below)
+        return fragment(IP(src=f"192.0.2.{100 + ident}", dst=B_IP, id=ident)
+                        / UDP(sport=1234, dport=6000)
                         / Raw(bytes([ident & 0xFF]) * size), fragsize=fragsize)
 
     # first fragments of six datagrams: four are taken in, two refused
@@ -387,6 +389,33 @@ def test_reassembly_memory_bound(make_solo):
         solo.inject(eth / f)
     assert sb.oob_recvmsg(6000, timeout=5)[0] == bytes([9]) * 5500
     assert extra(solo.B, solo.pb)["rx_reasm_ok"] == 2
+
+
+def test_fragment_flood_from_one_source_leaves_room_for_the_others(make_solo):
+    """One address flooding first fragments gets a quarter of what can be in reassembly at
+    once (16 buffers here: 4) and is refused beyond, counted; a fragmented datagram from
+    another address still completes meanwhile, and plain traffic flows."""
+    solo = make_solo()
+    sb = solo.udp((B_IP, 6000))
+    m = Marker(solo)
+    eth = Ether(dst=mac_str(solo.b_mac), src=mac_str(solo.wire_mac))
+    before = extra(solo.B, solo.pb)["rx_reasm_fails"]
+    for ident in range(50):
+        first = fragment(IP(src=PEER_IP, dst=B_IP, id=ident) / UDP(sport=1, dport=6000)
+                         / Raw(bytes(3000)), fragsize=1000)[0]
+        solo.inject(eth / first)
+    m.sync()
+    assert solo.pb.reassembly.pending == 4
+    assert extra(solo.B, solo.pb)["rx_reasm_fails"] - before == 46
+    payload = bytes(range(256)) * 20
+    for f in fragment(IP(src="192.0.2.77", dst=B_IP, id=3) / UDP(sport=2, dport=6000)
+                      / Raw(payload), fragsize=1000):
+        solo.inject(eth / f)
+    data, _, _, addr = sb.oob_recvmsg(6000, timeout=5)
+    assert (data, addr) == (payload, ("192.0.2.77", 2))
+    solo.inject(eth / IP(src=PEER_IP, dst=B_IP) / UDP(sport=1, dport=6000) / Raw(b"plain"))
+    assert sb.oob_recvmsg(100, timeout=5)[0] == b"plain"
+    assert wait_until(lambda: solo.pb.rx_pool.free == solo.pb.rx_pool.total)
 
 
 # -- UDP checksums -------------------------------------------------------------------------------

@@ -9,7 +9,9 @@
 //! complete datagram is one contiguous IP packet. Received data is tracked as up to `MAX_RUNS`
 //! disjoint runs in a fixed array: no allocation per packet.
 //!
-//! Limits: `max_datagrams` in reassembly at once per port, the pool's buffers, and a timeout
+//! Limits: `max_datagrams` in reassembly at once per port, the pool's buffers, a quarter of
+//! those (`PER_SOURCE_SHARE`) per source address (a flood from one address leaves room for the
+//! others' fragmented traffic; Linux has no such bound), and a timeout
 //! counted from a datagram's first fragment (Linux's `ipfrag_time`, 30 s by default) enforced by
 //! [`Reassembler::expire`]. At a limit, new datagrams are refused and those in progress are kept,
 //! as Linux does (`inet_frag_find` creates no queue over `ipfrag_high_thresh`): a flood of
@@ -31,7 +33,8 @@
 //!   - `ReasmFails`: its datagram cannot be reassembled, and is dropped with it: a partial
 //!     overlap, data past the end the last fragment fixed, a second last fragment with another
 //!     end, an end past 65515 (the largest payload), over 65535 bytes with the first fragment's
-//!     header, more than `MAX_RUNS` holes; or the port's `max_datagrams` are all in use.
+//!     header, more than `MAX_RUNS` holes; or the port's `max_datagrams` are all in use, or
+//!     its source's share of them.
 //!   - `NoMem`: the reassembly pool has no buffer for a new datagram.
 //!   - `IpErrors`: the header does not describe the bytes (the caller skipped validation).
 //!
@@ -57,6 +60,9 @@ pub const MAX_PAYLOAD: usize = IPV4_MAX_LEN - IPV4_HLEN;
 pub const REASM_BUF_SIZE: usize = PAYLOAD_OFFSET + MAX_PAYLOAD;
 /// Disjoint runs of received data one datagram may have (holes between them).
 pub const MAX_RUNS: usize = 64;
+/// One source address may hold at most 1/`PER_SOURCE_SHARE` of the datagrams that can be in
+/// reassembly at once (at least one).
+pub const PER_SOURCE_SHARE: usize = 4;
 
 /// What [`Reassembler::input`] did with a fragment it kept (see the module doc).
 pub enum ReasmOutcome {
@@ -305,6 +311,13 @@ impl Reassembler {
         if self.pending.len() >= self.max_datagrams {
             return Err(DropReason::ReasmFails);
         }
+        // One source never holds more than a quarter of what can be in reassembly at once, so
+        // a flood of first fragments from one address leaves room for everyone else's.
+        let capacity = self.max_datagrams.min(self.pool.total());
+        let per_source = (capacity / PER_SOURCE_SHARE).max(1);
+        if self.pending.iter().filter(|d| d.key.src == key.src).count() >= per_source {
+            return Err(DropReason::ReasmFails);
+        }
         let buf = self.pool.take().ok_or(DropReason::NoMem)?;
         self.pending.push(Datagram {
             key,
@@ -401,6 +414,17 @@ mod tests {
 
     /// A fragment as an IP packet: `ihl` words of header (options are NOPs), protocol UDP.
     fn frag(ident: u16, ihl: u8, offset: usize, more: bool, payload: &[u8]) -> Vec<u8> {
+        frag_from(SRC, ident, ihl, offset, more, payload)
+    }
+
+    fn frag_from(
+        src: u32,
+        ident: u16,
+        ihl: u8,
+        offset: usize,
+        more: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let hl = usize::from(ihl) * 4;
         let mut p = vec![1u8; hl];
         p[0] = 0x40 | ihl;
@@ -412,7 +436,7 @@ mod tests {
         p[8] = 64;
         p[9] = 17;
         p[10..12].fill(0);
-        p[12..16].copy_from_slice(&SRC.to_be_bytes());
+        p[12..16].copy_from_slice(&src.to_be_bytes());
         p[16..20].copy_from_slice(&DST.to_be_bytes());
         let c = internet_checksum(&p, 0);
         p[10..12].copy_from_slice(&c.to_be_bytes());
@@ -730,7 +754,7 @@ mod tests {
             Ok(ReasmOutcome::Held)
         ));
         assert!(matches!(
-            feed(&mut r, &frag(2, 5, 0, true, &[0; 8]), SEC),
+            feed(&mut r, &frag_from(SRC + 1, 2, 5, 0, true, &[0; 8]), SEC),
             Ok(ReasmOutcome::Held)
         ));
         assert_eq!(r.expire(30 * SEC + 5), 0);
@@ -754,21 +778,19 @@ mod tests {
     fn limits_refuse_new_datagrams_and_keep_old_ones() {
         let (_pool, mut r) = reasm(8, 2);
         assert!(held(&mut r, &frag(1, 5, 0, true, &[0; 8])));
-        assert!(held(&mut r, &frag(2, 5, 0, true, &[0; 8])));
-        assert_eq!(
-            feed(&mut r, &frag(3, 5, 0, true, &[0; 8]), 0).err(),
-            Some(DropReason::ReasmFails)
-        );
+        assert!(held(&mut r, &frag_from(SRC + 1, 2, 5, 0, true, &[0; 8])));
+        let third = frag_from(SRC + 2, 3, 5, 0, true, &[0; 8]);
+        assert_eq!(feed(&mut r, &third, 0).err(), Some(DropReason::ReasmFails));
         assert!(matches!(
             feed(&mut r, &frag(1, 5, 8, false, &[0; 8]), 0),
             Ok(ReasmOutcome::Complete(_))
         ));
-        assert!(held(&mut r, &frag(3, 5, 0, true, &[0; 8])));
+        assert!(held(&mut r, &third));
 
         let (pool, mut r) = reasm(1, 64);
         assert!(held(&mut r, &frag(1, 5, 0, true, &[0; 8])));
         assert_eq!(
-            feed(&mut r, &frag(2, 5, 0, true, &[0; 8]), 0).err(),
+            feed(&mut r, &frag_from(SRC + 1, 2, 5, 0, true, &[0; 8]), 0).err(),
             Some(DropReason::NoMem)
         );
         assert!(held(&mut r, &frag(1, 5, 8, true, &[0; 8])));
@@ -797,8 +819,34 @@ mod tests {
     }
 
     #[test]
+    fn one_source_holds_at_most_a_quarter_of_the_datagrams() {
+        // capacity min(16 buffers, 64 datagrams) = 16: four per source
+        let (pool, mut r) = reasm(16, 64);
+        for ident in 0..4 {
+            assert!(held(&mut r, &frag(ident, 5, 0, true, &[0; 8])), "{ident}");
+        }
+        let fifth = frag(4, 5, 0, true, &[0; 8]);
+        assert_eq!(feed(&mut r, &fifth, 0).err(), Some(DropReason::ReasmFails));
+        // the flooding source's datagrams in progress go on; other sources still get in
+        assert!(held(&mut r, &frag(0, 5, 8, true, &[0; 8])));
+        for other in 1..=12 {
+            assert!(held(&mut r, &frag_from(SRC + other, 9, 5, 0, true, &[0; 8])));
+        }
+        assert_eq!((r.pending(), pool.free()), (16, 0));
+        // one completes: its source may start another
+        assert!(matches!(
+            feed(&mut r, &frag(1, 5, 8, false, &[0; 8]), 0),
+            Ok(ReasmOutcome::Complete(_))
+        ));
+        assert!(held(&mut r, &fifth));
+        // a port of one reassembly buffer still takes one datagram from anyone
+        let (_pool, mut r) = reasm(1, 64);
+        assert!(held(&mut r, &frag(1, 5, 0, true, &[0; 8])));
+    }
+
+    #[test]
     fn key_is_source_destination_id_protocol() {
-        let (_pool, mut r) = reasm(4, 4);
+        let (_pool, mut r) = reasm(8, 8);
         let a = frag(1, 5, 0, true, &[0; 8]);
         let mut b = a.clone();
         b[9] = 1; // ICMP
@@ -1036,6 +1084,12 @@ mod tests {
         let mut held_answers = 0;
         for n in 0..20_000u64 {
             let mut f = seeds[rng.below(seeds.len())].clone();
+            if f.len() >= 34 && f[12..14] == [8, 0] && rng.below(2) == 0 {
+                // one of four sources, so that the per-source share is not the only limit hit
+                let src = SRC + rng.below(4) as u32;
+                f[26..30].copy_from_slice(&src.to_be_bytes());
+                refresh_checksum(&mut f[14..]);
+            }
             if rng.below(8) != 0 {
                 mutate(&mut rng, &mut f);
             }

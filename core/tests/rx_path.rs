@@ -176,8 +176,12 @@ fn ping(dst_mac: [u8; 6], dst: u32, len: usize) -> Vec<u8> {
 }
 
 fn udp_fragments(ident: u16, len: usize, frag_len: usize) -> Vec<Vec<u8>> {
+    udp_fragments_from(PEER_IP, ident, len, frag_len)
+}
+
+fn udp_fragments_from(src: u32, ident: u16, len: usize, frag_len: usize) -> Vec<Vec<u8>> {
     let seg = udp_segment(
-        PEER_IP,
+        src,
         OUR_IP,
         5000,
         UDP_PORT,
@@ -186,7 +190,7 @@ fn udp_fragments(ident: u16, len: usize, frag_len: usize) -> Vec<Vec<u8>> {
     );
     let ip = Ip {
         ident,
-        ..Ip::new(PEER_IP, OUR_IP, IPPROTO_UDP)
+        ..Ip::new(src, OUR_IP, IPPROTO_UDP)
     };
     ip_frames(fragments(&ip, &seg, frag_len))
 }
@@ -639,18 +643,28 @@ fn hundred_thousand_frames_balance_the_ledger() {
     rig.apply_flags(0);
     feed.settle_all();
 
-    // a flood of first fragments: reassembly's memory bound holds (NoMem once its pool is
-    // empty), and other traffic still flows
+    // a flood of first fragments from one source: it gets its share of reassembly (a quarter
+    // of the 96 buffers) and no more, and other traffic still flows, fragmented or not
     let before = counters(&rig);
     for ident in 0..200u16 {
         feed.send(&udp_fragments(0x8000 + ident, 3000, 1480)[0]);
     }
+    feed.send_all(&udp_fragments_from(PEER_IP + 11, 0x8000, 3000, 1480));
     let other = udp_frame(HOST_MAC, PEER_IP, OUR_IP, UDP_PORT, b"still here");
     feed.send(&other);
     feed.settle();
     let d = changed(&rig, &before);
-    assert_eq!((d["rx_reasm_held"], d["rx_nomem"]), (96, 104), "{d:?}");
-    assert_eq!(d["rx_delivered"], 1, "{d:?}");
+    assert_eq!((d["rx_reasm_held"], d["rx_reasm_fails"]), (24 + 3, 176), "{d:?}");
+    assert_eq!((d["rx_reasm_ok"], d["rx_delivered"]), (1, 2), "{d:?}");
+    // from many sources, the pool is the bound: NoMem once its buffers are all taken
+    let before = counters(&rig);
+    for ident in 0..100u16 {
+        let src = PEER_IP + 20 + u32::from(ident % 8);
+        feed.send(&udp_fragments_from(src, 0x8200 + ident, 3000, 1480)[0]);
+    }
+    feed.settle();
+    let d = changed(&rig, &before);
+    assert_eq!((d["rx_reasm_held"], d["rx_nomem"]), (72, 28), "{d:?}");
     feed.settle_all();
 
     // after all that (and once the junk it left in reassembly expired), the attacks again,

@@ -76,8 +76,8 @@ def fragments(ident: int, payload_len: int, size: int, first_options: bytes = b"
     return out
 
 
-def frag(ident: int, off: int, data: bytes, more: bool):
-    return eth() / IP(src=PEER_IP, dst=VICTIM_IP, id=ident, proto=17,
+def frag(ident: int, off: int, data: bytes, more: bool, src: str = PEER_IP):
+    return eth() / IP(src=src, dst=VICTIM_IP, id=ident, proto=17,
                       flags="MF" if more else 0, frag=off // 8) / Raw(data)
 
 
@@ -293,16 +293,29 @@ def build() -> dict[str, list[tuple[str, bytes, str, str, str]]]:
                       "rx_reasm_fails" if last else "rx_reasm_held",
                       "65 575 bytes with the first header: dropped" if last else
                       f"fragment {i} of {len(big)} (first carries IHL 15)"))
-    # a flood of first fragments over many ids (last: every reassembly buffer stays taken until
-    # the 30 s timeout); each sentinel after them shows unfragmented traffic still flows
+    # a flood of first fragments over many ids from one source: it gets a quarter of the
+    # reassembly buffers, no more
     pool = SETUP["reasm_poolsz"]
-    for i in range(pool + 4):
-        held = i < pool
-        frags.append((f"flood_{i:02d}", bytes(frag(0x200 + i, 0, body[:16], True)),
+    share = pool // 4
+    for i in range(share + 2):
+        held = i < share
+        frags.append((f"flood_one_{i:02d}", bytes(frag(0x200 + i, 0, body[:16], True)),
+                      "consumed" if held else "dropped",
+                      "rx_reasm_held" if held else "rx_reasm_fails",
+                      f"new datagram {i + 1} from one source: a reassembly buffer taken" if held
+                      else f"new datagram {i + 1} from one source: its {share} buffers "
+                           f"(a quarter) are taken"))
+    # ...then from many sources (last: every reassembly buffer stays taken until the 30 s
+    # timeout); each sentinel after them shows unfragmented traffic still flows
+    for i in range(pool - share + 4):
+        held = i < pool - share
+        frags.append((f"flood_{i:02d}", bytes(frag(0x300 + i, 0, body[:16], True,
+                                                   src=f"192.0.2.{100 + i}")),
                       "consumed" if held else "dropped",
                       "rx_reasm_held" if held else "rx_nomem",
-                      f"new datagram {i + 1}: a reassembly buffer taken" if held else
-                      f"new datagram {i + 1}: the {pool} reassembly buffers are all taken"))
+                      f"new datagram from source {i + 1}: a reassembly buffer taken" if held
+                      else f"new datagram from source {i + 1}: the {pool} reassembly buffers "
+                           "are all taken"))
     return {"l2.pcap": l2, "ipv4.pcap": ipv4, "l4.pcap": l4, "vlan.pcap": vlan,
             "arp.pcap": arps, "fragments.pcap": frags}
 
