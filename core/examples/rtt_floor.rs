@@ -15,13 +15,13 @@
 //! application loop. `bench/run.py` measures this path side by side with the others and prints
 //! "evlnet p50 / floor p50" against issue 8's target (<= 1.5x).
 //!
-//! `echo` answers every IPv4/UDP frame sent to the bench's RTT port ([`RTT_PORT`]) by swapping
-//! the MACs, the IP addresses and the UDP ports in place (the IPv4 and UDP checksums are sums of
-//! 16-bit words, so swapping words keeps them valid) and transmitting it. It busy-polls the
-//! ring while frames come, falls back to a blocking wait after [`BUSY_WINDOW_NS`] without one
-//! (as evlnet's receivers do with the bench's `busy_poll_us=100000`: an idle echo must not eat
-//! a CPU the other paths of the run need), and exits after SECONDS, when the interface goes away
-//! or when its parent dies.
+//! `echo` prints one line on stdout once its ring listens, then answers every IPv4/UDP frame
+//! sent to the bench's RTT port ([`RTT_PORT`]) by swapping the MACs, the IP addresses and the UDP
+//! ports in place (the IPv4 and UDP checksums are sums of 16-bit words, so swapping words keeps
+//! them valid) and transmitting it. It busy-polls the ring while frames come, falls back to a
+//! blocking wait after [`BUSY_WINDOW_NS`] without one (as evlnet's receivers do with the bench's
+//! `busy_poll_us=100000`: an idle echo must not eat a CPU the other paths of the run need), and
+//! exits after SECONDS, when the interface goes away or when its parent dies.
 //!
 //! `client` builds one frame template (untagged Ethernet, IPv4 with a valid header checksum and
 //! DF, UDP from [`CLIENT_PORT`] to [`RTT_PORT`] with checksum 0, 64 bytes of payload), then per
@@ -251,6 +251,8 @@ fn die_with_parent() {
 fn echo(ifname: &str, seconds: f64) -> Result<(), String> {
     die_with_parent();
     let (dev, _pool) = open(ifname)?;
+    // the bench waits for this line: the ring is attached, probes will be answered
+    println!("rtt_floor echo: ready on {ifname}");
     let end = monotonic_ns().saturating_add((seconds * 1e9) as u64);
     let mut last_frame = 0u64;
     let mut echoed = 0u64;
