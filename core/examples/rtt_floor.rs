@@ -20,8 +20,10 @@
 //! ports in place (the IPv4 and UDP checksums are sums of 16-bit words, so swapping words keeps
 //! them valid) and transmitting it. It busy-polls the ring while frames come, falls back to a
 //! blocking wait after [`BUSY_WINDOW_NS`] without one (as evlnet's receivers do with the bench's
-//! `busy_poll_us=100000`: an idle echo must not eat a CPU the other paths of the run need), and
-//! exits after SECONDS, when the interface goes away or when its parent dies.
+//! `busy_poll_us=100000`), or at once when a client says it is done (a probe carrying
+//! [`BYE_SEQ`], not answered): an idle echo must not eat a CPU the other paths of the run need
+//! (under SCHED_FIFO it would stall them). It exits after SECONDS, when the interface goes away
+//! or when its parent dies.
 //!
 //! `client` builds one frame template (untagged Ethernet, IPv4 with a valid header checksum and
 //! DF, UDP from [`CLIENT_PORT`] to [`RTT_PORT`] with checksum 0, 64 bytes of payload), then per
@@ -29,7 +31,8 @@
 //! payload, reads the clock, sends, and busy-polls the ring for the reply carrying that sequence
 //! number (anything else is ignored; no reply within 1 s counts as lost). WARMUP round trips are
 //! done first and not recorded (the echo wakes from its blocking wait, caches and branch
-//! predictors warm up). Then N measured ones, stopping early after MAX_SECONDS (default 600).
+//! predictors warm up). Then N measured ones, stopping early after MAX_SECONDS (default 600),
+//! and a last probe carrying [`BYE_SEQ`] that sends the echo back to its blocking wait.
 //! It prints one JSON line on stdout:
 //! `{"n": got, "lost": lost, "truncated": bool, "elapsed_ns": ..., "samples": [rtt_ns, ...]}`;
 //! the bench records the samples into its HdrHistograms like every other path's.
@@ -66,6 +69,8 @@ const FRAME_LEN: usize = SEQ_OFF + PAYLOAD;
 const REPLY_TIMEOUT_NS: u64 = 1_000_000_000;
 /// The echo keeps busy-polling this long after the last frame, then waits in `poll()`.
 const BUSY_WINDOW_NS: u64 = 100_000_000;
+/// The sequence number of a client's last probe: "done, stop busy-polling" (never answered).
+const BYE_SEQ: u64 = u64::MAX;
 /// RX ring slots and pool buffers per end (one frame in flight at a time: plenty).
 const RING_FRAMES: usize = 256;
 const POOL_BUFS: usize = 64;
@@ -215,6 +220,13 @@ fn udp_ports(f: &[u8], udp: usize) -> (u16, u16) {
     )
 }
 
+/// The sequence number at the start of the UDP payload, if there are 8 bytes.
+fn seq_of(f: &[u8], udp: usize) -> Option<u64> {
+    let p = udp + UDP_HLEN;
+    let b: [u8; 8] = f.get(p..p + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
 /// Turn a datagram into its answer, in place: MACs, IPv4 addresses and UDP ports swapped.
 fn swap_reply(f: &mut [u8], udp: usize) {
     for i in 0..6 {
@@ -255,6 +267,7 @@ fn echo(ifname: &str, seconds: f64) -> Result<(), String> {
     println!("rtt_floor echo: ready on {ifname}");
     let end = monotonic_ns().saturating_add((seconds * 1e9) as u64);
     let mut last_frame = 0u64;
+    let mut bye = false;
     let mut echoed = 0u64;
     let mut tx_error: Option<io::Error> = None;
     loop {
@@ -267,6 +280,10 @@ fn echo(ifname: &str, seconds: f64) -> Result<(), String> {
             let f = &mut buf.data_mut()[start..stop];
             let Some(udp) = udp_offset(f) else { return };
             if udp_ports(f, udp).1 != RTT_PORT {
+                return;
+            }
+            if seq_of(f, udp) == Some(BYE_SEQ) {
+                bye = true;
                 return;
             }
             swap_reply(f, udp);
@@ -285,7 +302,10 @@ fn echo(ifname: &str, seconds: f64) -> Result<(), String> {
             dev.receive(16, Some(100_000_000), &mut answer)
         }
         .map_err(|e| format!("receive: {e}"))?;
-        if n > 0 {
+        if bye {
+            bye = false;
+            last_frame = 0; // back to the blocking wait
+        } else if n > 0 {
             last_frame = monotonic_ns();
         } else if !dev.is_up() {
             break; // the interface went down or away (the bench is over)
@@ -313,12 +333,10 @@ fn client(cfg: &ClientCfg) -> Result<(), String> {
     let mut sink = |buf: PacketBuf| {
         let f = buf.payload();
         let Some(udp) = udp_offset(f) else { return };
-        if udp_ports(f, udp) != (RTT_PORT, CLIENT_PORT) || f.len() < udp + UDP_HLEN + 8 {
+        if udp_ports(f, udp) != (RTT_PORT, CLIENT_PORT) {
             return;
         }
-        let p = udp + UDP_HLEN;
-        let got: [u8; 8] = f[p..p + 8].try_into().expect("8 bytes");
-        if u64::from_le_bytes(got) == want.get() {
+        if seq_of(f, udp) == Some(want.get()) {
             matched.set(true);
         }
     };
@@ -354,6 +372,9 @@ fn client(cfg: &ClientCfg) -> Result<(), String> {
         }
     }
     let elapsed = monotonic_ns() - t_start;
+    // done: the echo may stop busy-polling (a lost goodbye only costs its busy window)
+    frame[SEQ_OFF..SEQ_OFF + 8].copy_from_slice(&BYE_SEQ.to_le_bytes());
+    let _ = dev.transmit(&frame);
     let truncated = samples.len() + lost < cfg.n;
     let mut out = String::with_capacity(64 + 8 * samples.len());
     out.push_str(&format!(
@@ -401,6 +422,8 @@ mod tests {
         assert_eq!(udp_ports(&f, udp), (RTT_PORT, CLIENT_PORT));
         assert_eq!(f[0..6], [2, 0, 0, 0, 0, 1]);
         assert_eq!(f[ETH_HLEN + 12..ETH_HLEN + 16], [203, 0, 113, 18]);
+        assert_eq!(seq_of(&f, udp), Some(0));
+        assert_eq!(seq_of(&f[..SEQ_OFF + 7], udp), None);
         assert!(parse_mac("02:00:00:00:00").is_err());
         assert!(parse_mac("02:00:00:00:00:01:02").is_err());
         assert!(parse_seconds("0").is_err());
