@@ -683,8 +683,8 @@ def describe(p: Params, res: Results) -> None:
             "Rust ring floor: core/examples/rtt_floor.rs (evlnet's AfPacket device and Pool, no "
             "stack, no Python; busy-polling client and echo) on its own veth pair, one run of the "
             f"compiled client per chunk, each after {min(FLOOR_CHUNK_WARMUP, p.warmup)} "
-            "unrecorded round trips; its echo busy-polls for 0.1 s after a frame, then waits in "
-            "poll().")
+            "unrecorded round trips; its echo busy-polls while a client runs, waits in poll() "
+            "otherwise.")
     if p.evlnet_opts:
         res.notes.append(f"evlnet options: {p.evlnet_opts}")
     a = res.alloc.get("evlnet") or {}
