@@ -166,10 +166,13 @@ PAIRS = {
     "evlnet":    ("evl0", "evl1", "198.51.100.1/28", "198.51.100.2/28"),
     "evlnet_tx": ("etx0", "etx1", "198.51.100.17/28", "198.51.100.18/28"),
     "raw":       ("raw0", "raw1", None, None),          # no kernel address: the kernel ignores it
+    "floor":     ("flr0", "flr1", None, None),          # the Rust ring floor (core/examples)
 }
 #: addresses the raw AF_PACKET and scapy frames carry on the "raw" pair (never configured)
 RAW_A_IP = "203.0.113.1"
 RAW_B_IP = "203.0.113.2"
+#: (A, B) addresses the frames carry on each pair without kernel addresses
+FRAME_IPS = {"raw": (RAW_A_IP, RAW_B_IP), "floor": ("203.0.113.17", "203.0.113.18")}
 
 
 @dataclass
@@ -183,7 +186,7 @@ class Topology:
         end = a if side == "a" else b
         if end.ip:
             return end.ip
-        return RAW_A_IP if side == "a" else RAW_B_IP
+        return FRAME_IPS[pair][0 if side == "a" else 1]
 
 
 @contextmanager
@@ -305,3 +308,51 @@ def cpu_burner(cpu: int, limit_s: float) -> Iterator[subprocess.Popen]:
         yield proc
     finally:
         _stop_group(proc, signal.SIGKILL, 2.0)
+
+
+# ------------------------------------------------------------------------------------------
+# the Rust ring floor (core/examples/rtt_floor.rs)
+# ------------------------------------------------------------------------------------------
+
+def find_cargo() -> str | None:
+    """cargo as ``./run`` finds it (setup_rust): on PATH, else rustup's in ~/.cargo/bin."""
+    import shutil
+    found = shutil.which("cargo")
+    if found:
+        return found
+    home = Path(os.path.expanduser("~/.cargo/bin/cargo"))
+    return str(home) if os.access(home, os.X_OK) else None
+
+
+def build_floor(timeout: float = 600.0) -> tuple[str | None, str]:
+    """``cargo build --release --example rtt_floor`` in core/: (path of the binary, "") or
+    (None, why not). Never raises: a missing toolchain or a failed build is an n/a."""
+    cargo = find_cargo()
+    if cargo is None:
+        return None, ("no Rust toolchain to build core/examples/rtt_floor.rs (cargo neither on "
+                      "PATH nor in ~/.cargo/bin)")
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(cargo).parent), env.get("PATH", "")])
+    cmd = [cargo, "build", "--release", "--example", "rtt_floor",
+           "--message-format=json-render-diagnostics"]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO / "core", env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"cargo build --release --example rtt_floor: no result within {timeout:.0f} s"
+    except OSError as exc:
+        return None, f"cargo build --release --example rtt_floor: {exc}"
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("error")] or lines[-3:]
+        err = " | ".join(errors[:3])
+        return None, f"cargo build --release --example rtt_floor failed: {err[:300]}"
+    for line in proc.stdout.splitlines():        # the artifact says where the binary went
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if (msg.get("reason") == "compiler-artifact" and msg.get("executable")
+                and msg.get("target", {}).get("name") == "rtt_floor"):
+            return msg["executable"], ""
+    return None, "cargo build --release --example rtt_floor: no executable reported"

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-IMPLS = ("evlnet", "kernel", "raw", "scapy")
+IMPLS = ("evlnet", "kernel", "raw", "scapy", "floor")
 COLUMNS = ("metric", "evlnet", "kernel", "evlnet/kernel", "target", "verdict",
-           "raw AF_PACKET", "scapy")
+           "raw AF_PACKET", "scapy", "Rust ring floor")
 MIB = 1024 * 1024
 
 #: RTT percentiles shown, (label, percentile or "max")
@@ -19,6 +19,7 @@ RTT_POINTS = (("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9), ("max", "max"))
 #: targets of issue 8 (printed next to the ratios, never asserted)
 TARGET_RTT = {"p50": 0.25, "p99": 0.5}      # evlnet RTT <= x kernel, idle
 TARGET_RTT_BURNER = {"p99": 0.2}            # with a CPU burner and SCHED_FIFO
+TARGET_FLOOR = 1.5        # evlnet RTT p50 <= x the Rust ring floor's, idle
 TARGET_RATE = 1.5         # evlnet RX/TX >= 1.5 x kernel
 TARGET_ALLOC = 0.0        # bytes allocated per packet in steady state
 TARGET_RSS_SLACK_MIB = 30.0
@@ -35,6 +36,8 @@ class Results:
     mem: dict = field(default_factory=dict)
     na: dict = field(default_factory=dict)
     virtual: dict = field(default_factory=dict)
+    #: the Rust ring floor's build: "binary", "build_s"
+    floor: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -52,10 +55,13 @@ class Results:
         virt = dict(self.virtual)
         if "rtt" in virt:
             virt["rtt"] = rtt_json({"evlnet": virt["rtt"]})["evlnet"]
+        e, f = (rtt_value(self.rtt["idle"].get(i) or {}, 50.0) for i in ("evlnet", "floor"))
+        floor = {**self.floor, "evlnet_p50_over_floor_p50": e / f if e is not None and f else None,
+                 "target": TARGET_FLOOR}
         return {"params": self.params, "rtt": {ph: rtt_json(d) for ph, d in self.rtt.items()},
                 "rx": self.rx, "tx": self.tx, "alloc": self.alloc, "mem": self.mem,
-                "virtual": virt, "na": {(k if isinstance(k, str) else "/".join(k)): v
-                                        for k, v in self.na.items()},
+                "floor": floor, "virtual": virt,
+                "na": {(k if isinstance(k, str) else "/".join(k)): v for k, v in self.na.items()},
                 "notes": self.notes}
 
 
@@ -120,8 +126,10 @@ def build_rows(res: Results) -> tuple[list[list[str]], list[str]]:
         return notes.ref(res.reason(part, impl) or f"{impl}: not measured in this run")
 
     def add(metric, part, values: dict, fmt, ratio: str | None = None, target=None,
-            target_text: str = "", verdict_fn=None, measured=("evlnet", "kernel", "raw", "scapy")):
-        e, k = values.get("evlnet"), values.get("kernel")
+            target_text: str = "", verdict_fn=None, measured=("evlnet", "kernel", "raw", "scapy"),
+            versus: str = "kernel"):
+        """One row; *ratio* ("le"/"ge") compares evlnet with *versus* against *target*."""
+        e, k = values.get("evlnet"), values.get(versus)
         ratio_text = ""
         verdict = ""
         if ratio:
@@ -142,13 +150,14 @@ def build_rows(res: Results) -> tuple[list[list[str]], list[str]]:
             ratio_text, target_text, verdict,
             cell(part, "raw", values.get("raw"), fmt, "raw" in measured),
             cell(part, "scapy", values.get("scapy"), fmt, "scapy" in measured),
+            cell(part, "floor", values.get("floor"), fmt, "floor" in measured),
         ])
 
     for phase, suffix, part in (("idle", "", "rtt"), ("burner", " +burner+FIFO", "rtt_burner")):
         targets = TARGET_RTT if phase == "idle" else TARGET_RTT_BURNER
         data = res.rtt[phase]
-        measured = ("evlnet", "kernel", "raw", "scapy") if phase == "idle" else \
-            ("evlnet", "kernel", "raw")
+        measured = ("evlnet", "kernel", "raw", "scapy", "floor") if phase == "idle" else \
+            ("evlnet", "kernel", "raw", "floor")
         for label, point in RTT_POINTS:
             vals = {i: rtt_value(data[i], point) for i in IMPLS if i in data}
             if label in targets:
@@ -165,7 +174,13 @@ def build_rows(res: Results) -> tuple[list[list[str]], list[str]]:
             return notes.ref(res.reason(part, i) or f"{i}: not measured in this run")
 
         rows.append([f"RTT round trips{suffix} (lost)", count_cell("evlnet"),
-                     count_cell("kernel"), "", "", "", count_cell("raw"), count_cell("scapy")])
+                     count_cell("kernel"), "", "", "", count_cell("raw"), count_cell("scapy"),
+                     count_cell("floor")])
+        if phase == "idle":
+            # issue 8: evlnet within 1.5x of the floor (the ratio sits in the ratio column)
+            p50 = {i: rtt_value(data[i], 50.0) for i in ("evlnet", "floor") if i in data}
+            add("evlnet p50 / floor p50", part, p50, fmt_us, "le", TARGET_FLOOR,
+                f"<= {TARGET_FLOOR}x", measured=("evlnet", "floor"), versus="floor")
 
     add("RX delivered (dgram/s)", "rx", {i: _rate(res.rx.get(i), "received") for i in IMPLS},
         fmt_rate, "ge", TARGET_RATE, f">= {TARGET_RATE}x")
@@ -280,19 +295,20 @@ def machine_info() -> dict:
 
 def plot_rtt(res: Results, path: Path) -> bool:
     """RTT percentile curves and histograms of this run (evlnet and kernel, idle and +burner;
-    the raw AF_PACKET reference thin), drawn by ``evlnet.tools.histplot`` as latmus' are."""
+    the raw AF_PACKET and Rust ring floor references thin), drawn by ``evlnet.tools.histplot``
+    as latmus' are."""
     from evlnet.tools.histplot import Series, draw_distributions, pyplot
 
     plt = pyplot()
     series = []
     colours = {"evlnet": "tab:red", "kernel": "tab:blue", "raw": "tab:gray",
-               "evlnet (virtual link)": "tab:orange"}
+               "floor": "tab:green", "evlnet (virtual link)": "tab:orange"}
     for phase, style in (("idle", "-"), ("burner", "--")):
-        for impl in ("evlnet", "kernel", "raw"):
+        for impl in ("evlnet", "kernel", "raw", "floor"):
             r = res.rtt[phase].get(impl)
             if r and r.get("hist") is not None and r["hist"].get_total_count():
                 series.append(Series(f"{impl} ({phase})", colours[impl], r["hist"], style,
-                                     0.8 if impl == "raw" else 1.6))
+                                     0.8 if impl in ("raw", "floor") else 1.6))
     if "evlnet" not in res.rtt["idle"] and res.virtual.get("rtt"):
         series.append(Series("evlnet (virtual link, in-process; not comparable)",
                              colours["evlnet (virtual link)"], res.virtual["rtt"]["hist"], ":"))

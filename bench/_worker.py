@@ -17,7 +17,9 @@ from __future__ import annotations
 import gc
 import json
 import os
+import select
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -460,6 +462,66 @@ class RawServer(Role):
         return {"received": count, "elapsed": elapsed / 1e9, "offered": c1 - c0}
 
 
+# --- the Rust ring floor (core/examples/rtt_floor.rs) ----------------------------------------
+
+class FloorClient(ClientRole):
+    """Runs ``rtt_floor client`` once per chunk (a compiled busy-polling loop over evlnet's
+    AfPacket device; each run does its own short warm-up first) and hands its samples on."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        self.bin = cfg["binary"]
+        if not os.access(self.bin, os.X_OK):
+            raise StepError(f"rtt_floor binary: {self.bin} is not executable")
+
+    def _rtt(self, samples, n, deadline_ns):
+        cfg = self.cfg
+        max_s = max(1.0, (deadline_ns - L.now_ns()) / 1e9)
+        cmd = [self.bin, "client", cfg["ifname"], cfg["mac"], cfg["peer_mac"], cfg["local_ip"],
+               cfg["peer_ip"], str(n), str(cfg["chunk_warmup"]), f"{max_s:.3f}"]
+        # stderr goes to this worker's log; the timeout only catches a hung binary (the client
+        # stops by itself after max_s, plus at most 1 s for a last lost reply)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              timeout=max_s + 30, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rtt_floor client exited with {proc.returncode} (see the log)")
+        r = json.loads(proc.stdout)
+        got = r["n"]
+        samples[:got] = array("q", r["samples"])
+        return got, r["lost"]
+
+
+class FloorServer(Role):
+    """Keeps ``rtt_floor echo`` running on the B end (stopped on close; it also dies with this
+    process and ends by itself after cfg["seconds"])."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        self.proc = subprocess.Popen(
+            [cfg["binary"], "echo", cfg["ifname"], str(cfg["seconds"])],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10.0)
+        line = self.proc.stdout.readline() if ready else b""
+        if b"ready" not in line:
+            self.close()
+            raise StepError(f"rtt_floor echo did not start (rc {self.proc.returncode}; see the "
+                            "log)")
+
+    def info(self) -> dict:
+        return {"echo_pid": self.proc.pid}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(3)
+        self.proc.stdout.close()
+        super().close()
+
+
 # --- scapy ------------------------------------------------------------------------------------
 
 def _import_scapy():
@@ -533,6 +595,7 @@ ROLES = {
     "evlnet-client": EvlnetClient, "evlnet-server": EvlnetServer,
     "evlnet-virtual": EvlnetVirtual,
     "raw-client": RawClient, "raw-server": RawServer,
+    "floor-client": FloorClient, "floor-server": FloorServer,
     "scapy-client": ScapyClient, "scapy-server": ScapyServer,
 }
 

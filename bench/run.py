@@ -10,13 +10,14 @@ Two network namespaces (A: clients and senders, B: servers and receivers) joined
 per data path; each end is its own process (own GIL) inside its own namespace. Measured, with
 64-byte UDP payloads unless --size says otherwise:
 
-1. RTT, evlnet<->evlnet vs kernel<->kernel (and raw AF_PACKET<->raw AF_PACKET), p50/p99/p99.9/
-   max over N round trips in interleaved chunks; again with a CPU-burning process on the other
-   core.
+1. RTT, evlnet<->evlnet vs kernel<->kernel (and raw AF_PACKET<->raw AF_PACKET, and the Rust
+   ring floor: core/examples/rtt_floor.rs, evlnet's AfPacket device alone), p50/p99/p99.9/max
+   over N round trips in interleaved chunks; again with a CPU-burning process on the other core.
 2. RX datagrams/s delivered to the application, fed by trafgen (what was offered is counted too).
 3. TX datagrams/s from the application onto the wire (counted by the peer interface).
 4. Bytes allocated per packet in steady state (tracemalloc), RSS vs the TX pool bytes.
-5. References: raw AF_PACKET loops, scapy (srp1 / sendp / sniff, small N).
+5. References: raw AF_PACKET loops, the Rust ring floor (RTT only), scapy (srp1 / sendp /
+   sniff, small N).
 
 Prints ONE table; a part that cannot run is shown as "n/a [k]" with the reason in footnote k,
 so the suite always completes. Targets are printed (PASS/MISS), never asserted. See
@@ -58,7 +59,13 @@ PRESETS = {
 }
 #: --smoke: no single wait is longer (a hanging path becomes an n/a, the run still ends)
 SMOKE_TIMEOUT_CAP = 30.0
-PARTS = ("rtt", "burner", "rx", "tx", "alloc", "mem", "raw", "scapy", "virtual")
+PARTS = ("rtt", "burner", "rx", "tx", "alloc", "mem", "raw", "floor", "scapy", "virtual")
+#: the Rust ring floor: round trips each run of the client does, unrecorded, before its chunk
+FLOOR_CHUNK_WARMUP = 100
+#: payload size the floor's frames carry (core/examples/rtt_floor.rs: PAYLOAD)
+FLOOR_SIZE = 64
+#: upper bound on the floor echo's life (it is stopped with its worker long before)
+FLOOR_ECHO_SECONDS = 4 * 3600
 
 
 @dataclass
@@ -237,6 +244,10 @@ class Suite:
 
     SERVER_PARTS = ("rtt", "rtt_burner", "rx", "alloc", "mem")
     CLIENT_PARTS = ("rtt", "rtt_burner", "tx", "alloc")
+    #: what a worker that failed to start takes down, where it differs from the above
+    PARTS_OF = {("server", "scapy"): ("rx",), ("client", "scapy"): ("rtt", "tx"),
+                ("server", "floor"): ("rtt", "rtt_burner"),
+                ("client", "floor"): ("rtt", "rtt_burner")}
 
     def __init__(self, p: Params, res: Results, workdir: str) -> None:
         self.p = p
@@ -244,6 +255,7 @@ class Suite:
         self.workdir = workdir
         self.servers: dict = {}
         self.clients: dict = {}
+        self.floor_bin: str | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     def skipped(self, part: str) -> bool:
@@ -270,6 +282,8 @@ class Suite:
             self.res.set_na("scapy", "skipped (--skip scapy)")
         if self.skipped("raw"):
             self.res.set_na("raw", "skipped (--skip raw)")
+        if self.floor_ready():
+            impls.append("floor")
 
         def ips(pair):
             return topo.end_ip(pair, "a"), topo.end_ip(pair, "b")
@@ -280,6 +294,8 @@ class Suite:
         et_a, et_b = ips("evlnet_tx")
         r_a, r_b = ips("raw")
         raw_a, raw_b = pr["raw"]
+        f_a, f_b = ips("floor")
+        floor_a, floor_b = pr["floor"]
         server_cfgs = {
             "kernel": {"role": "kernel-server", "ip": k_b, "rtt_port": RTT_PORT,
                        "rx_port": RX_PORT, "sinks": [[kt_b, TX_PORT], [et_b, TX_PORT]]},
@@ -289,6 +305,8 @@ class Suite:
             "raw": {"role": "raw-server", "ifname": raw_b.name, "rtt_port": RTT_PORT,
                     "rx_port": RX_PORT},
             "scapy": {"role": "scapy-server"},
+            "floor": {"role": "floor-server", "binary": self.floor_bin, "ifname": floor_b.name,
+                      "seconds": FLOOR_ECHO_SECONDS},
         }
         client_cfgs = {
             "kernel": {"role": "kernel-client", "local_ip": k_a, "peer_ip": k_b,
@@ -301,6 +319,9 @@ class Suite:
             "scapy": {"role": "scapy-client", "ifname": raw_a.name, "mac": raw_a.mac_str,
                       "peer_mac": raw_b.mac_str, "local_ip": r_a, "peer_ip": r_b,
                       "client_port": SCAPY_CLIENT_PORT},
+            "floor": {"role": "floor-client", "binary": self.floor_bin, "ifname": floor_a.name,
+                      "mac": floor_a.mac_str, "peer_mac": floor_b.mac_str, "local_ip": f_a,
+                      "peer_ip": f_b, "chunk_warmup": min(FLOOR_CHUNK_WARMUP, p.warmup)},
         }
         common = {"size": p.size, "rtt_port": RTT_PORT, "client_port": CLIENT_PORT,
                   "tx_port": TX_PORT}
@@ -311,7 +332,7 @@ class Suite:
             self.servers[impl] = w
         for impl, w in self.servers.items():
             if not w.wait_ready():
-                for part in (self.SERVER_PARTS if impl != "scapy" else ("rx",)):
+                for part in self.PARTS_OF.get(("server", impl), self.SERVER_PARTS):
                     self.res.set_na((part, impl), f"{w.cfg['role']}: {w.error}")
         for impl in impls:
             w = Worker(f"{impl}-client", {**common, **client_cfgs[impl]}, topo.a, self.workdir)
@@ -319,8 +340,31 @@ class Suite:
             self.clients[impl] = w
         for impl, w in self.clients.items():
             if not w.wait_ready():
-                for part in (self.CLIENT_PARTS if impl != "scapy" else ("rtt", "tx")):
+                for part in self.PARTS_OF.get(("client", impl), self.CLIENT_PARTS):
                     self.res.set_na((part, impl), f"{w.cfg['role']}: {w.error}")
+
+    def floor_ready(self) -> bool:
+        """Build the Rust ring floor (before any worker starts); False, with the reason as the
+        floor column's n/a, when it is skipped or cannot be built."""
+        from _harness import build_floor
+        p = self.p
+        if self.skipped("floor"):
+            self.res.set_na("floor", "skipped (--skip floor)")
+            return False
+        if self.skipped("rtt"):
+            return False                  # the rtt part's own n/a says why
+        if p.size != FLOOR_SIZE:
+            self.res.set_na("floor", f"the floor sends {FLOOR_SIZE}-byte payloads only "
+                            f"(--size {p.size})")
+            return False
+        t0 = time.monotonic()
+        self.floor_bin, why = build_floor(timeout=120.0 if p.mode == "smoke" else 600.0)
+        self.res.floor["build_s"] = round(time.monotonic() - t0, 1)
+        if self.floor_bin is None:
+            self.res.set_na("floor", why)
+            return False
+        self.res.floor["binary"] = self.floor_bin
+        return True
 
     # -- RTT ------------------------------------------------------------------------------
     def rtt_phase(self, phase: str, part: str) -> float:
@@ -330,7 +374,7 @@ class Suite:
         from hdrh.histogram import HdrHistogram
         p = self.p
         t_start = time.monotonic()
-        active = {i: self.clients[i] for i in ("evlnet", "kernel", "raw")
+        active = {i: self.clients[i] for i in ("evlnet", "kernel", "raw", "floor")
                   if self.ok("client", i) and self.ok("server", i)}
         for name, w in list(active.items()):
             try:
@@ -520,9 +564,14 @@ class Suite:
                     self.res.notes.append(f"{name} {kind}: thread errors: {'; '.join(errs)}")
 
     def worker_pids(self) -> list[int]:
-        """Every worker process (all paths: the same treatment for each)."""
-        return [w.proc.pid for w in (*self.servers.values(), *self.clients.values())
+        """Every worker process (all paths: the same treatment for each), and the floor's echo
+        (its client runs are started by a worker thread, whose policy they inherit)."""
+        pids = [w.proc.pid for w in (*self.servers.values(), *self.clients.values())
                 if getattr(w, "proc", None) is not None]
+        floor = self.servers.get("floor")
+        if floor is not None and floor.alive and floor.info.get("echo_pid"):
+            pids.append(floor.info["echo_pid"])
+        return pids
 
     # -- everything ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -610,9 +659,9 @@ def describe(p: Params, res: Results) -> None:
     """The measuring conditions, printed under the table."""
     res.notes += [
         f"RTT: {p.round_trips:,} round trips per path and phase after {p.warmup} discarded, in "
-        f"chunks of {p.chunk:,} alternating evlnet/kernel/raw; percentiles from HdrHistogram "
-        f"(3 digits). +burner+FIFO: a process spinning on CPU {p.burner_cpu} during the phase, "
-        f"every thread of every worker (all paths) under SCHED_FIFO {FIFO_PRIORITY} "
+        f"chunks of {p.chunk:,} alternating evlnet/kernel/raw/floor; percentiles from "
+        f"HdrHistogram (3 digits). +burner+FIFO: a process spinning on CPU {p.burner_cpu} during "
+        f"the phase, every thread of every worker (all paths) under SCHED_FIFO {FIFO_PRIORITY} "
         "(workers unpinned).",
         f"RX: trafgen (1 process{f' on CPU {p.trafgen_cpu}' if p.trafgen_cpu is not None else ''}"
         f") floods {p.size}-byte UDP datagrams for {p.rounds} x {p.window_s:g} s per path "
@@ -629,6 +678,13 @@ def describe(p: Params, res: Results) -> None:
         "kernel/raw RSS: same Python process shape, for reference.",
         f"scapy: srp1 loop of {p.scapy_rtt} against the raw echo, sendp, sniff.",
     ]
+    if any("floor" in d for d in res.rtt.values()):
+        res.notes.append(
+            "Rust ring floor: core/examples/rtt_floor.rs (evlnet's AfPacket device and Pool, no "
+            "stack, no Python; busy-polling client and echo) on its own veth pair, one run of the "
+            f"compiled client per chunk, each after {min(FLOOR_CHUNK_WARMUP, p.warmup)} "
+            "unrecorded round trips; its echo busy-polls while a client runs, waits in poll() "
+            "otherwise.")
     if p.evlnet_opts:
         res.notes.append(f"evlnet options: {p.evlnet_opts}")
     a = res.alloc.get("evlnet") or {}
@@ -675,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         why = veth_unavailable()
         if why:
-            for impl in ("evlnet", "kernel", "raw", "scapy"):
+            for impl in ("evlnet", "kernel", "raw", "floor", "scapy"):
                 res.set_na(impl, why)
         else:
             try:
@@ -684,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed = True
                 traceback.print_exc()
                 reason = f"suite aborted: {type(exc).__name__}: {exc}"
-                for impl in ("evlnet", "kernel", "raw", "scapy"):
+                for impl in ("evlnet", "kernel", "raw", "floor", "scapy"):
                     res.set_na(impl, reason)
         evlnet_on_veth = "evlnet" in res.rtt["idle"]
         if (p.virtual or not evlnet_on_veth) and "virtual" not in p.skip:

@@ -8,6 +8,7 @@ without root too.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -22,9 +23,10 @@ BENCH = REPO / "bench"
 RUN = BENCH / "run.py"
 
 HEADER = ("metric", "evlnet", "kernel", "evlnet/kernel", "target", "verdict", "raw AF_PACKET",
-          "scapy")
+          "scapy", "Rust ring floor")
 ROWS = (
     "RTT p50 (us)", "RTT p99 (us)", "RTT p99.9 (us)", "RTT max (us)", "RTT round trips (lost)",
+    "evlnet p50 / floor p50",
     "RTT p50 +burner+FIFO (us)", "RTT p99 +burner+FIFO (us)", "RTT p99.9 +burner+FIFO (us)",
     "RTT max +burner+FIFO (us)", "RTT round trips +burner+FIFO (lost)",
     "RX delivered (dgram/s)", "RX offered (pkt/s)", "TX onto wire (dgram/s)",
@@ -70,6 +72,12 @@ def test_bench_smoke_run(tmp_path):
     assert data["params"]["mode"] == "smoke"
     # the kernel reference needs nothing from evlnet: it must have been measured
     assert data["rtt"]["idle"]["kernel"]["n"] > 0, data["na"]
+    # so must the Rust ring floor (built by the bench; the toolchain is there where the core is
+    # built), its p50 a number in the last column
+    assert data["rtt"]["idle"]["floor"]["n"] > 0, data["na"]
+    p50_row = next(ln for ln in out.splitlines() if ln.startswith("RTT p50 (us)  "))
+    assert re.fullmatch(r"[\d,]+\.?\d*", re.split(r"\s{2,}", p50_row)[-1]), p50_row
+    assert data["floor"]["binary"] and data["floor"]["target"] == 1.5
     # nothing left behind: namespaces (named after the run's pid) and processes
     assert list_namespaces(proc.pid) == []
 
