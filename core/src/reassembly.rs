@@ -830,7 +830,10 @@ mod tests {
         // the flooding source's datagrams in progress go on; other sources still get in
         assert!(held(&mut r, &frag(0, 5, 8, true, &[0; 8])));
         for other in 1..=12 {
-            assert!(held(&mut r, &frag_from(SRC + other, 9, 5, 0, true, &[0; 8])));
+            assert!(held(
+                &mut r,
+                &frag_from(SRC + other, 9, 5, 0, true, &[0; 8])
+            ));
         }
         assert_eq!((r.pending(), pool.free()), (16, 0));
         // one completes: its source may start another

@@ -654,7 +654,11 @@ fn hundred_thousand_frames_balance_the_ledger() {
     feed.send(&other);
     feed.settle();
     let d = changed(&rig, &before);
-    assert_eq!((d["rx_reasm_held"], d["rx_reasm_fails"]), (24 + 3, 176), "{d:?}");
+    assert_eq!(
+        (d["rx_reasm_held"], d["rx_reasm_fails"]),
+        (24 + 3, 176),
+        "{d:?}"
+    );
     assert_eq!((d["rx_reasm_ok"], d["rx_delivered"]), (1, 2), "{d:?}");
     // from many sources, the pool is the bound: NoMem once its buffers are all taken
     let before = counters(&rig);
