@@ -19,8 +19,6 @@ pub mod pool;
 pub mod port;
 #[cfg(feature = "python")]
 mod python;
-#[cfg(feature = "python")]
-mod python_filter;
 pub mod qdisc;
 pub mod reassembly;
 pub mod rx;

@@ -10,7 +10,8 @@ use pyo3::prelude::*;
 use crate::filter::kernel::{self, Counter, Hook, KernelCounters, TcxLink};
 use crate::filter::vm::VmFilter;
 use crate::filter::{FilterError, Program};
-use crate::python::{PyAfPacket, PyPort};
+
+use super::{PyAfPacket, PyPort};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFilterProgram>()?;

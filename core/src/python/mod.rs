@@ -6,6 +6,8 @@
 //! and releasing it costs more than the send). No core thread ever takes the GIL: events go up
 //! through the stack's in-band queue, read by a Python thread with `next_event`.
 
+mod filter;
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
@@ -1577,7 +1579,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAfPacket>()?;
     m.add_function(wrap_pyfunction!(virtual_link, m)?)?;
     m.add_function(wrap_pyfunction!(monotonic_ns_py, m)?)?;
-    crate::python_filter::register(m)?;
+    filter::register(m)?;
     Ok(())
 }
 
