@@ -11,9 +11,10 @@ use crate::filter::kernel::{self, Counter, Hook, KernelCounters, TcxLink};
 use crate::filter::vm::VmFilter;
 use crate::filter::{FilterError, Program};
 
-use super::{PyAfPacket, PyPort};
+use super::device::PyAfPacket;
+use super::port::PyPort;
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFilterProgram>()?;
     m.add_class::<PyKernelProgram>()?;
     m.add_class::<PyKernelCounters>()?;

@@ -12,8 +12,8 @@ use crate::port::{Errno, Port, PortConfig, TxItem};
 use super::buffers::with_payload;
 use super::device::device_of;
 use super::errors::{ioerr, oserr};
+use super::socket::PySocket;
 use super::stack::PyStack;
-use super::PySocket;
 
 /// An enabled port (the core's RX/TX threads, pools, qdisc and counters).
 #[pyclass(module = "evlnet._core", name = "Port", frozen)]

@@ -13,7 +13,7 @@ use crate::stack::{udp_key, InbandKind, PacketListener, StackCore};
 
 use super::buffers::mac_of;
 use super::errors::ioerr;
-use super::PySocket;
+use super::socket::PySocket;
 
 /// The core half of one `evlnet.Stack`.
 #[pyclass(module = "evlnet._core", name = "Stack", frozen)]
