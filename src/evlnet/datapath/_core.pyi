@@ -1,7 +1,7 @@
 """The compiled core (``core/``, Rust + PyO3): the per-packet path, outside the GIL.
 
 This stub is the seam between the core and the Python control plane; it follows
-``core/src/python.rs``, which is the only Rust module that knows about Python.
+``core/src/python/``, which is the only Rust module that knows about Python.
 
 Conventions of the seam:
 
@@ -523,7 +523,7 @@ class Socket:
 def monotonic_ns() -> int:
     """CLOCK_MONOTONIC in ns, as the core reads it (the clock of every core time)."""
 
-# -- eBPF RX filters (core/src/python_filter.rs) ------------------------------------------------
+# -- eBPF RX filters (core/src/python/filter.rs) ------------------------------------------------
 
 @final
 class FilterProgram:
