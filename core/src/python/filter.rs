@@ -31,7 +31,7 @@ fn filter_err(e: FilterError) -> PyErr {
 
 /// A filter program taken from an eBPF object file and verified (EINVAL otherwise).
 #[pyclass(module = "evlnet._core", name = "FilterProgram", frozen)]
-pub struct PyFilterProgram {
+struct PyFilterProgram {
     program: Program,
 }
 
@@ -95,7 +95,7 @@ impl PyFilterProgram {
 
 /// A program loaded into the kernel (its fd; closed by `close()` or when collected).
 #[pyclass(module = "evlnet._core", name = "KernelProgram")]
-pub struct PyKernelProgram {
+struct PyKernelProgram {
     fd: Option<OwnedFd>,
 }
 
@@ -119,7 +119,7 @@ impl PyKernelProgram {
 /// A tc ingress program attached by a tcx link: detached when closed, collected, or when the
 /// process dies.
 #[pyclass(module = "evlnet._core", name = "TcxLink")]
-pub struct PyTcxLink {
+struct PyTcxLink {
     link: Option<TcxLink>,
 }
 
@@ -167,7 +167,7 @@ impl PyTcxLink {
 
 /// The per-CPU counters of a port's kernel filter.
 #[pyclass(module = "evlnet._core", name = "KernelCounters", frozen)]
-pub struct PyKernelCounters {
+struct PyKernelCounters {
     counters: KernelCounters,
 }
 
