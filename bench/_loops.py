@@ -18,6 +18,9 @@ from _frames import PAYLOAD_OFF
 
 now_ns = time.perf_counter_ns      # CLOCK_MONOTONIC on Linux
 SEQ = struct.Struct("<Q")
+#: The sequence number of evlnet's chunk-end probe: no echo comes back; it tells the echo to stop
+#: busy polling at once, so that it never spins while the other paths' chunks run.
+CHUNK_END = (1 << 64) - 1
 BATCH = 64
 #: a reply later than this counts as lost
 RTT_TIMEOUT = 1.0
@@ -86,6 +89,8 @@ def evlnet_rtt(sock, peer, payload: bytearray, rbuf: bytearray, samples, n: int,
                 break
         if t0 > deadline_ns:
             break
+    pack(payload, 0, CHUNK_END)
+    send(sbufs, address=peer)
     return got, lost, seq
 
 
@@ -255,9 +260,10 @@ def kernel_echo(sock, stop) -> int:
 
 
 def evlnet_echo(sock, stop) -> int:
-    """Echo loop. Busy polls (the socket's SO_BUSY_POLL budget) only while traffic flows: after
-    an idle timeout it stops spinning until the next datagram, so it never steals the CPU from
-    the other paths' chunks (the first datagram after a pause wakes it from a blocking wait)."""
+    """Echo loop. Busy polls (the socket's SO_BUSY_POLL budget) only while traffic flows: the
+    client's chunk-end probe (or an idle timeout) stops the spinning until the next datagram, so
+    it never steals the CPU from the other paths' chunks (the first datagram after a pause wakes
+    it from a blocking wait)."""
     import socket as _socket
     so_busy_poll = getattr(_socket, "SO_BUSY_POLL", 46)
     busy = sock.getsockopt(_socket.SOL_SOCKET, so_busy_poll)
@@ -280,6 +286,11 @@ def evlnet_echo(sock, stop) -> int:
             if stop.is_set():
                 break
             raise
+        if n >= SEQ.size and SEQ.unpack_from(buf, 0)[0] == CHUNK_END:
+            if busy and not idle:
+                sock.setsockopt(_socket.SOL_SOCKET, so_busy_poll, 0)
+                idle = True
+            continue
         if idle:
             sock.setsockopt(_socket.SOL_SOCKET, so_busy_poll, busy)
             idle = False

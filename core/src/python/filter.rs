@@ -12,6 +12,7 @@ use crate::filter::vm::VmFilter;
 use crate::filter::{FilterError, Program};
 
 use super::device::PyAfPacket;
+use super::errors::oserr;
 use super::port::PyPort;
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -123,21 +124,14 @@ struct PyTcxLink {
     link: Option<TcxLink>,
 }
 
-fn os_err(errno: i32, what: &str) -> PyErr {
-    PyOSError::new_err((
-        errno,
-        format!("{what}: {}", std::io::Error::from_raw_os_error(errno)),
-    ))
-}
-
 fn program_of(p: &PyKernelProgram) -> PyResult<kernel::KernelProgram> {
     let fd =
         p.fd.as_ref()
-            .ok_or_else(|| os_err(libc::EBADF, "closed program"))?;
+            .ok_or_else(|| oserr(libc::EBADF, "closed program"))?;
     Ok(kernel::KernelProgram {
         fd: fd
             .try_clone()
-            .map_err(|e| os_err(e.raw_os_error().unwrap_or(libc::EIO), "dup"))?,
+            .map_err(|e| oserr(e.raw_os_error().unwrap_or(libc::EIO), "dup"))?,
     })
 }
 
@@ -147,7 +141,7 @@ impl PyTcxLink {
     #[new]
     fn new(program: PyRef<'_, PyKernelProgram>, ifindex: u32) -> PyResult<Self> {
         let prog = program_of(&program)?;
-        let link = TcxLink::attach(&prog, ifindex).map_err(|e| os_err(e, "tcx attach"))?;
+        let link = TcxLink::attach(&prog, ifindex).map_err(|e| oserr(e, "tcx attach"))?;
         Ok(PyTcxLink { link: Some(link) })
     }
     /// Swap the attached program for `program`, atomically.
@@ -155,9 +149,9 @@ impl PyTcxLink {
         let link = self
             .link
             .as_ref()
-            .ok_or_else(|| os_err(libc::EBADF, "closed link"))?;
+            .ok_or_else(|| oserr(libc::EBADF, "closed link"))?;
         link.update(&program_of(&program)?)
-            .map_err(|e| os_err(e, "tcx update"))
+            .map_err(|e| oserr(e, "tcx update"))
     }
     /// Detach the program.
     fn close(&mut self) {
