@@ -31,6 +31,9 @@ from . import endpoint as ep
 
 log = logging.getLogger("evlnet.control")
 _UCRED = struct.Struct("3i")      # struct ucred: pid, uid, gid
+#: How long a refused connection is kept for its client's request to arrive, and how many are.
+REFUSED_LINGER_S = 1.0
+MAX_REFUSED_LINGERING = 64
 
 
 class ControlServer:
@@ -124,42 +127,75 @@ class ControlServer:
     def _accept_loop(self) -> None:
         assert self._sock is not None
         poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
+        listen_fd = self._sock.fileno()
+        poller.register(listen_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        while not self._closed:
-            events = poller.poll()
-            if any(fd == self._wake_r for fd, _ in events) or self._closed:
-                return
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            try:
-                self._admit(conn)
-            except Exception:      # never let one connection stop the server
-                log.exception("%s: control connection failed", self.name)
-                conn.close()
+        # Refused connections, kept until the client's request arrives (or it hangs up, or a
+        # second passes): closing a socket with an unread request resets the client's side,
+        # which would then see ECONNRESET instead of the refusal it was sent.
+        refused: dict[int, tuple[socket.socket, float]] = {}
 
-    def _admit(self, conn: socket.socket) -> None:
+        def let_go(fd: int) -> None:
+            conn, _ = refused.pop(fd)
+            poller.unregister(fd)
+            conn.close()
+
+        try:
+            while not self._closed:
+                events = poller.poll(REFUSED_LINGER_S * 1000 if refused else None)
+                if any(fd == self._wake_r for fd, _ in events) or self._closed:
+                    return
+                now = time.monotonic()
+                for fd, _ in events:
+                    if fd in refused:
+                        try:
+                            refused[fd][0].recv(ep.MAX_REQUEST, socket.MSG_DONTWAIT)
+                        except OSError:
+                            pass
+                        let_go(fd)
+                for fd in [fd for fd, (_, until) in refused.items() if until <= now]:
+                    let_go(fd)
+                if not any(fd == listen_fd for fd, _ in events):
+                    continue
+                try:
+                    conn, _ = self._sock.accept()
+                except OSError:
+                    continue
+                try:
+                    if not self._admit(conn):
+                        if len(refused) < MAX_REFUSED_LINGERING:
+                            refused[conn.fileno()] = (conn, now + REFUSED_LINGER_S)
+                            poller.register(conn.fileno(), select.POLLIN)
+                        else:
+                            conn.close()
+                except Exception:      # never let one connection stop the server
+                    log.exception("%s: control connection failed", self.name)
+                    conn.close()
+        finally:
+            for fd in list(refused):
+                let_go(fd)
+
+    def _admit(self, conn: socket.socket) -> bool:
+        """Serve *conn* in a thread of its own, or send it the refusal (EACCES: another user;
+        EBUSY: every slot taken) and return False: the caller closes it."""
         pid, uid, _gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if uid != os.geteuid():
             self.counters["refused_peers"] += 1
             log.warning("%s: refused control connection from uid %d (pid %d)", self.name, uid,
                         pid)
-            _send(conn, ep.error_reply(errno.EACCES, f"stack {self.name!r} belongs to uid "
-                                                     f"{os.geteuid()}; uid {uid} is refused"))
-            conn.close()
-            return
+            _refuse(conn, ep.error_reply(errno.EACCES, f"stack {self.name!r} belongs to uid "
+                                                       f"{os.geteuid()}; uid {uid} is refused"))
+            return False
         if not self._slots.acquire(blocking=False):
             self.counters["busy"] += 1
-            _send(conn, ep.error_reply(errno.EBUSY, "too many control connections"))
-            conn.close()
-            return
+            _refuse(conn, ep.error_reply(errno.EBUSY, "too many control connections"))
+            return False
         with self._lock:
             self._conns.add(conn)
         threading.Thread(target=self._serve, args=(conn,), name=f"{self.name}.control.{pid}",
                          daemon=True).start()
+        return True
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -333,6 +369,15 @@ def _recv(conn: socket.socket) -> tuple[bytes, list[int], bool]:
     got.extend(fds)
     truncated = bool(flags & socket.MSG_TRUNC) or len(data) > ep.MAX_REQUEST
     return data, got, truncated
+
+
+def _refuse(conn: socket.socket, reply: bytes) -> None:
+    """Send the refusal and end our side: the client reads it, then end of file."""
+    _send(conn, reply)
+    try:
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def _send(conn: socket.socket, reply: bytes) -> None:
