@@ -133,3 +133,18 @@ def test_frames_match_scapy():
     assert len(bpf_udp_port(dport=7001)) == 8   # 3 x (load, compare) + accept + drop
     assert socket.inet_aton("192.0.2.2") == frame[30:34]
 
+
+
+def test_hook_bench_runs_and_cleans_up():
+    """bench/bench_hooks.py (tc against XDP on veth) prints one row per mode with a rate, and
+    leaves no namespace behind."""
+    require_root()
+    before = set(list_namespaces())
+    p = subprocess.run([sys.executable, str(BENCH / "bench_hooks.py"), "--seconds", "0.3",
+                        "--rounds", "1"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines()[3:] if line}
+    assert set(rows) == {"none", "tc", "xdp", "xdpgeneric", "tc+tap"}, p.stdout
+    for mode, (rate, per_frame, _delta) in rows.items():
+        assert float(rate.replace(",", "")) > 0 and float(per_frame) > 0, (mode, p.stdout)
+    assert set(list_namespaces()) <= before
