@@ -52,6 +52,9 @@ pub(super) struct PySocket {
 }
 
 type RecvResult = (usize, usize, u32, u16, u64, u64, u64);
+/// A front-cache hit: the port, the next hop's MAC, the route's source address.
+type FastRoute = (Arc<Port>, [u8; 6], u32);
+
 /// `oob_recvmsg_into`'s result: `(nbytes, ancdata, msg_flags, (host, port))`.
 type FastRecv<'py> = (usize, Bound<'py, PyList>, i32, (Bound<'py, PyString>, u16));
 
@@ -115,6 +118,26 @@ type FrameResult<'py> = (
 );
 
 impl PySocket {
+    /// Where the front cache sends `dst` from this socket: the port, the next hop's MAC and the
+    /// route's source. None on a miss, or for a route off the socket's SO_BINDTODEVICE port (the
+    /// caller demotes the datagram to the in-band stage); ENETDOWN when the route's port is
+    /// disabled or gone.
+    fn fast_route(&self, dst: u32) -> PyResult<Option<FastRoute>> {
+        let (route, mac) = match self.stack.frontcache.lookup(dst) {
+            Lookup::Hit { route, mac } => (route, mac),
+            Lookup::Down => return Err(oserr(libc::ENETDOWN, "the route's port is disabled")),
+            Lookup::Miss => return Ok(None),
+        };
+        if self.bound_port.is_some_and(|bound| bound != route.port) {
+            return Ok(None);
+        }
+        let port = self
+            .stack
+            .port(route.port)
+            .ok_or_else(|| oserr(libc::ENETDOWN, "port gone"))?;
+        Ok(Some((port, mac, route.source)))
+    }
+
     /// `addr` as dotted-quad text, reusing the string of the previous datagram's sender.
     fn peer_text<'py>(&self, py: Python<'py>, addr: u32) -> Bound<'py, PyString> {
         let mut cached = self.peer_text.lock().unwrap_or_else(|e| e.into_inner());
@@ -427,28 +450,14 @@ impl PySocket {
         if !self.broadcast && self.stack.is_broadcast(dst) {
             return Ok(None);
         }
-        let Lookup::Hit { route, mac } = self.stack.frontcache.lookup(dst) else {
-            return Ok(None);
-        };
-        if self.bound_port.is_some_and(|bound| bound != route.port) {
-            return Ok(None);
-        }
-        let Some(port) = self.stack.port(route.port) else {
+        // a disabled or vanished port: the general path raises its errno
+        let Ok(Some((port, mac, source))) = self.fast_route(dst) else {
             return Ok(None);
         };
         let nonblock = nonblocking || flags != 0;
         let tsflags = self.core.tsflags();
         self.send_via(
-            py,
-            &port,
-            mac,
-            route.source,
-            dst,
-            dport,
-            &data,
-            tsflags,
-            nonblock,
-            None,
+            py, &port, mac, source, dst, dport, &data, tsflags, nonblock, None,
         )
         .map(Some)
     }
@@ -523,25 +532,14 @@ impl PySocket {
         nonblock: bool,
         deadline_ns: Option<u64>,
     ) -> PyResult<isize> {
-        let (route, mac) = match self.stack.frontcache.lookup(dst) {
-            Lookup::Hit { route, mac } => (route, mac),
-            Lookup::Down => return Err(oserr(libc::ENETDOWN, "the route's port is disabled")),
-            Lookup::Miss => return Ok(-1),
+        let Some((port, mac, source)) = self.fast_route(dst)? else {
+            return Ok(-1);
         };
-        if let Some(bound) = self.bound_port {
-            if bound != route.port {
-                return Ok(-1);
-            }
-        }
-        let port = self
-            .stack
-            .port(route.port)
-            .ok_or_else(|| oserr(libc::ENETDOWN, "port gone"))?;
         self.send_via(
             py,
             &port,
             mac,
-            route.source,
+            source,
             dst,
             dport,
             data,
