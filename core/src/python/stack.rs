@@ -53,6 +53,11 @@ impl PyStack {
         self.core.set_broadcasts(addrs);
     }
 
+    /// Whether `addr` is a broadcast address of the stack (255.255.255.255 always is).
+    fn is_broadcast(&self, addr: u32) -> bool {
+        self.core.is_broadcast(addr)
+    }
+
     /// Publish a new front cache: routes `(dst, port_id, gateway, source, dead)`, neighbours
     /// `(address, mac)`.
     fn publish_frontcache(

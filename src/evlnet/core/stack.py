@@ -190,8 +190,6 @@ class Stack:
         self.icmp = self.protocols.register(IcmpProtocol())
         self._next_port_id = 1
         self._ports_by_id: dict[int, Port] = {}
-        #: limited and directed broadcast addresses of the ports (sends need SO_BROADCAST)
-        self.broadcast_addrs: frozenset[int] = frozenset({0xFFFFFFFF})
         #: datagrams demoted while their next hop is being resolved (Linux: the neighbour's
         #: arp_queue), next hop -> [(deadline, sock, payload, dst, dport)]
         self._unresolved: dict[int, list] = {}
@@ -237,7 +235,6 @@ class Stack:
         out = {0xFFFFFFFF}
         for port in self.ports.values():
             out |= port.local_addrs - port.iface_unicast
-        self.broadcast_addrs = frozenset(out)
         self.core.set_broadcasts(sorted(out))
 
     def port_by_id(self, port_id: int) -> Port | None:

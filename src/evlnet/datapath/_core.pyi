@@ -72,6 +72,9 @@ class Stack:
         """Publish the broadcast addresses of the enabled ports (sends to one need
         SO_BROADCAST; 255.255.255.255 always is one)."""
 
+    def is_broadcast(self, addr: int) -> bool:
+        """Whether *addr* is a broadcast address of the stack (255.255.255.255 always is)."""
+
     def publish_frontcache(
         self, routes: Sequence[tuple[int, int, int, int, bool]],
         neighbours: Sequence[tuple[int, bytes]],
@@ -418,7 +421,7 @@ class Socket:
     dont_fragment: bool
     """IP_MTU_DISCOVER: set DF on sends (EMSGSIZE rather than fragments)."""
     broadcast: bool
-    """SO_BROADCAST (the fast send path leaves broadcasts without it to the control plane)."""
+    """SO_BROADCAST (the one copy: the Python socket's ``broadcast`` reads it here)."""
     bound_port: int | None
     """SO_BINDTODEVICE as a port id (``None``: any)."""
     remote_addr: int

@@ -97,7 +97,7 @@ def deadline_from(timeout: float | None, abs_timeout_ns: int | None) -> int | No
     if abs_timeout_ns is not None:
         if not isinstance(abs_timeout_ns, int):
             raise oserror(errno.EINVAL, f"bad abs_timeout_ns {abs_timeout_ns!r}")
-        return min(max(int(abs_timeout_ns), 0), (1 << 64) - 1)    # the past: time out at once
+        return min(max(abs_timeout_ns, 0), (1 << 64) - 1)    # the past: time out at once
     if timeout is None:
         return None
     if not isinstance(timeout, (int, float)) or not timeout >= 0:     # not a number, < 0, NaN
@@ -140,7 +140,6 @@ class OobSocket(ABC):
         self.busy_poll_us = stack.settings.busy_poll_us
         self.reuseaddr = False
         self.reuseport = False
-        self.broadcast = False
         #: standard options kept for getsockopt (STANDARD_OPTIONS)
         self._options: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()     # serialises in-band state changes (bind/connect/close)
@@ -152,6 +151,16 @@ class OobSocket(ABC):
         record) is queued, so ``select``, ``selectors`` and asyncio's ``add_reader`` work; -1
         once closed."""
         return -1 if self._closed else self.core_socket.fileno()
+
+    @property
+    def broadcast(self) -> bool:
+        """SO_BROADCAST: sends to a broadcast address are allowed (EACCES otherwise, as Linux).
+        Kept in the core socket, which checks it on the fast path."""
+        return self.core_socket.broadcast
+
+    @broadcast.setter
+    def broadcast(self, on: bool) -> None:
+        self.core_socket.broadcast = on
 
     @property
     def kernel_socket(self) -> _pysocket.socket | None:

@@ -76,10 +76,16 @@ class UdpSocket(OobSocket):
     def __init__(self, stack, family, sock_type, proto, kernel_sock=None) -> None:
         super().__init__(stack, family, sock_type, proto, kernel_sock)
         self.local: tuple[int, int] | None = None       # bound (addr, port)
-        self.remote: tuple[int, int] | None = None      # connected (addr, port)
         self._slot: UdpSlot | None = None
 
     # -- addressing ---------------------------------------------------------------------------
+    @property
+    def remote(self) -> tuple[int, int] | None:
+        """The connected ``(addr, port)`` as ints, None when not connected (kept in the core
+        socket, which sends there on the fast path)."""
+        port = self.core_socket.remote_port
+        return (self.core_socket.remote_addr, port) if port else None
+
     def bind(self, address) -> None:
         """Bind to ``(host, port)``; host "" is INADDR_ANY, port 0 picks an ephemeral port."""
         self._check_open()
@@ -154,7 +160,6 @@ class UdpSocket(OobSocket):
         with self._lock:
             if self.local is None:
                 self._bind_locked(0, 0)
-        self.remote = (addr, port)
         self.core_socket.remote_addr = addr
         self.core_socket.remote_port = port
         if self._kernel is not None:
@@ -330,7 +335,7 @@ class UdpSocket(OobSocket):
         if total > UDP_MAX_PAYLOAD:
             raise oserror(errno.EMSGSIZE,
                           f"{total} bytes exceed the UDP maximum of {UDP_MAX_PAYLOAD}")
-        if dst in self.stack.broadcast_addrs and not self.broadcast:
+        if not self.broadcast and self.stack.core.is_broadcast(dst):
             raise oserror(errno.EACCES, f"{format_ip(dst)} is a broadcast address: set "
                                         "SO_BROADCAST first (as Linux)")
         if self.local is None:
