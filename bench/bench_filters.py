@@ -5,9 +5,10 @@
 
 The example filters (``examples/filters``) are built with clang, then measured three ways:
 
-1. **VM alone**: the rbpf interpreter running the program on a 64-byte-payload UDP frame, N
-   times in a loop in Rust (``FilterProgram.time_vm``): ns per frame. A one-instruction program
-   (``return ACCEPT``) is the floor: what entering the VM costs at all.
+1. **VM alone**: rbpf running the program on a 64-byte-payload UDP frame, N times in a loop in
+   Rust (``FilterProgram.time_vm``): ns per frame, JIT-compiled as the RX path runs it (x86-64)
+   and in the interpreter. A one-instruction program (``return ACCEPT``) is the floor: what
+   entering the VM costs at all.
 2. **RX path, virtual link**: a port's RX path processing injected frames (RX thread parked,
    frames taken by ``poll_rx`` from this thread in batches), with no filter and with each
    filter, rounds alternated: ns per frame, and the filter's share (with - without).
@@ -63,11 +64,13 @@ def programs(objs: dict[str, str]) -> dict[str, _core.FilterProgram]:
 VERDICTS = {0: "DROP", 1: "ACCEPT", 2: "SKIP", 3: "VLAN"}
 
 
-def vm_alone(progs, frame: bytes, runs: int, rounds: int) -> dict[str, tuple[str, float]]:
+def vm_alone(progs, frame: bytes, runs: int, rounds: int,
+             interpreted: bool = False) -> dict[str, tuple[str, float]]:
     out = {}
     for name, prog in progs.items():
-        r0 = prog.time_vm(frame, 1)[0]
-        ns = statistics.median(prog.time_vm(frame, runs)[1] for _ in range(rounds))
+        r0 = prog.time_vm(frame, 1, interpreted)[0]
+        ns = statistics.median(prog.time_vm(frame, runs, interpreted)[1]
+                               for _ in range(rounds))
         out[name] = (VERDICTS.get(r0, str(r0)), ns)
     return out
 
@@ -158,13 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"eBPF RX filter cost per frame ({len(frame)}-byte UDP frame, medians of "
           f"{args.rounds} rounds)\n")
     vm = vm_alone(progs, frame, args.runs, args.rounds)
+    interp = vm_alone(progs, frame, args.runs // 4, args.rounds, interpreted=True)
     rx = rx_path(progs, max(args.runs // 10, args.batch), args.rounds, args.batch)
     k = kernel(progs, frame, args.runs, args.rounds)
     base = rx["no filter"]
-    print(f"{'filter':24} {'insns':>5} {'verdict':>7} {'VM alone':>9} {'RX path':>9} "
-          f"{'RX +filter':>10} {'RX ratio':>8} {'kernel tc':>9} {'kernel sock':>11}")
-    print(f"{'no filter':24} {'':>5} {'':>7} {'':>9} {base:8.0f}n {'':>10} {'1.00x':>8}")
-    worst_vm = 0.0
+    print(f"{'filter':24} {'insns':>5} {'verdict':>7} {'VM':>4} {'VM alone':>9} "
+          f"{'interp':>7} {'RX path':>9} {'RX +filter':>10} {'RX ratio':>8} {'kernel tc':>9} "
+          f"{'kernel sock':>11}")
+    print(f"{'no filter':24} {'':>5} {'':>7} {'':>4} {'':>9} {'':>7} {base:8.0f}n {'':>10} "
+          f"{'1.00x':>8}")
+    worst_vm = worst_rx = 0.0
     for name, prog in progs.items():
         kt, ks = ("n/a", "n/a") if isinstance(k, str) else (
             f"{k[name][0]:.0f}n", "-" if k[name][1] != k[name][1] else f"{k[name][1]:.0f}n")
@@ -172,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         verdict, vm_ns = vm[name]
         if not name.startswith("("):
             worst_vm = max(worst_vm, vm_ns)
-        print(f"{name:24} {prog.insn_count:5d} {verdict:>7} {vm_ns:8.0f}n {rx[name]:8.0f}n "
-              f"{delta:+9.0f}n {rx[name] / base:7.2f}x {kt:>9} {ks:>11}")
+            if verdict == "ACCEPT":
+                worst_rx = max(worst_rx, delta)
+        engine = "JIT" if prog.jitted else "int"
+        print(f"{name:24} {prog.insn_count:5d} {verdict:>7} {engine:>4} {vm_ns:8.0f}n "
+              f"{interp[name][1]:6.0f}n {rx[name]:8.0f}n {delta:+9.0f}n {rx[name] / base:7.2f}x "
+              f"{kt:>9} {ks:>11}")
     if isinstance(k, str):
         print(f"\nkernel: {k}")
     floors = hook_floors(frame, args.runs, args.rounds)
@@ -182,14 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\nan empty program at each kernel hook (BPF_PROG_TEST_RUN): "
               + ", ".join(f"{h} {ns:.0f} ns" for h, ns in floors.items()))
-    print("\nn = nanoseconds per frame. 'RX +filter': the frame's RX path with the filter minus"
-          " without, on the virtual\nlink; a SKIP verdict also hands the frame to the in-band "
-          "stage (and a DROP saves the UDP delivery),\nso only ACCEPT rows compare like with "
-          "like. '-' in 'kernel sock': the kernel refuses direct packet\naccess in socket "
-          "filters (the port runs that program in the VM).")
-    verdict = "met" if worst_vm < 500 else "MISSED"
+    print("\nn = nanoseconds per frame. 'VM alone': as the RX path runs the program (VM: JIT"
+          " or int, the\ninterpreter); 'interp': in rbpf's interpreter. 'RX +filter': the"
+          " frame's RX path with the filter\nminus without, on the virtual link; a SKIP verdict"
+          " also hands the frame to the in-band stage\n(and a DROP saves the UDP delivery), so"
+          " only ACCEPT rows compare like with like. '-' in\n'kernel sock': the kernel refuses"
+          " direct packet access in socket filters (the port runs that\nprogram in the VM).")
+    verdict = "met" if max(worst_vm, worst_rx) < 500 else "MISSED"
     print(f"target: user-space filter < 500 ns per frame: worst example {worst_vm:.0f} ns "
-          f"-> {verdict}")
+          f"alone, {worst_rx:+.0f} ns in the RX path (ACCEPT rows) -> {verdict}")
     return 0
 
 

@@ -337,7 +337,7 @@ pub fn write_eth_ipv4(
 ) -> Result<usize, WireError> {
     let total = IPV4_HLEN.saturating_add(payload_len);
     if total > IPV4_MAX_LEN
-        || ip.frag_offset % 8 != 0
+        || !ip.frag_offset.is_multiple_of(8)
         || ip.frag_offset / 8 > usize::from(IP_OFFMASK)
     {
         return Err(WireError::BadLength);

@@ -53,7 +53,7 @@ impl Feeder<'_> {
 
     fn send(&mut self, frame: &[u8]) {
         let pool = &self.rig.port.rx_pool;
-        if self.sent % 64 == 0 {
+        if self.sent.is_multiple_of(64) {
             // let the RX thread catch up: it never has more than 64 frames waiting
             self.wait_for("the RX thread to take its frames", || {
                 !self.rig.link.b.ready()

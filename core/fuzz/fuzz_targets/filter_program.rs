@@ -1,6 +1,8 @@
-//! The filter verifier and the VM on arbitrary programs and frames: the verifier never panics,
-//! and a program it accepts never faults at run time (rbpf's bounds checks never fire), whatever
-//! the frame. Input: one byte `n`, then `n` instructions (8 bytes each), then the frame.
+//! The filter verifier and the VM on arbitrary programs and frames: the verifier never panics;
+//! a program it accepts never faults at run time in the interpreter (rbpf's bounds checks never
+//! fire), whatever the frame; and the JIT-compiled program, which has no run-time checks,
+//! returns what the interpreter returns. Input: one byte `n`, then `n` instructions (8 bytes
+//! each), then the frame.
 #![no_main]
 use _core::filter::verifier::{decode, verify};
 use _core::filter::vm::VmFilter;
@@ -29,6 +31,8 @@ fuzz_target!(|data: &[u8]| {
         facts,
     };
     if let Ok(vm) = VmFilter::new(program) {
-        assert!(vm.run_r0(frame, 1, 0).is_some(), "a verified program faulted");
+        let r0 = vm.run_r0_interpreted(frame, 1, 0);
+        assert!(r0.is_some(), "a verified program faulted");
+        assert_eq!(vm.run_r0(frame, 1, 0), r0, "the JIT and the interpreter differ");
     }
 });

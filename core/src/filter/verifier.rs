@@ -60,7 +60,7 @@ impl Insn {
 
 /// Decode little-endian instructions.
 pub fn decode(code: &[u8]) -> Result<Vec<Insn>, FilterError> {
-    if code.is_empty() || code.len() % 8 != 0 {
+    if code.is_empty() || !code.len().is_multiple_of(8) {
         return Err(FilterError::invalid(format!(
             "program of {} bytes: not a whole number of instructions",
             code.len()

@@ -60,18 +60,39 @@ impl PyFilterProgram {
         self.program.facts.stack_depth
     }
     /// Benchmark hook: run the program `runs` times on `frame` in the VM, as the RX path does
-    /// (GIL released): `(verdict, ns per run)`, -1 for a faulted run.
-    fn time_vm(&self, py: Python<'_>, frame: Vec<u8>, runs: u32) -> PyResult<(i64, f64)> {
+    /// (GIL released), JIT-compiled where the RX path would be, or in the interpreter when
+    /// `interpreted`: `(verdict, ns per run)`, -1 for a faulted run.
+    #[pyo3(signature = (frame, runs, interpreted = false))]
+    fn time_vm(
+        &self,
+        py: Python<'_>,
+        frame: Vec<u8>,
+        runs: u32,
+        interpreted: bool,
+    ) -> PyResult<(i64, f64)> {
         let vm = VmFilter::new(self.program.clone()).map_err(filter_err)?;
         Ok(py.detach(|| {
             let start = std::time::Instant::now();
             let mut r0 = None;
             for _ in 0..runs.max(1) {
-                r0 = std::hint::black_box(vm.run_r0(std::hint::black_box(&frame), 1, 0));
+                let frame = std::hint::black_box(&frame);
+                r0 = std::hint::black_box(if interpreted {
+                    vm.run_r0_interpreted(frame, 1, 0)
+                } else {
+                    vm.run_r0(frame, 1, 0)
+                });
             }
             let ns = start.elapsed().as_nanos() as f64 / runs.max(1) as f64;
             (r0.map_or(-1, |v| v as i64), ns)
         }))
+    }
+    /// Whether the RX path runs this program JIT-compiled (x86-64, short enough for the JIT's
+    /// page), else in the interpreter.
+    #[getter]
+    fn jitted(&self) -> PyResult<bool> {
+        Ok(VmFilter::new(self.program.clone())
+            .map_err(filter_err)?
+            .is_jitted())
     }
     /// Load the program into the kernel for `hook` ("socket" or "tc"), the VLAN verdict
     /// accepting `vids`, the tc program counting into `counters`. OSError with the kernel's

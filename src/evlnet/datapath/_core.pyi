@@ -547,9 +547,13 @@ class FilterProgram:
     def stack_depth(self) -> int:
         """Stack bytes the program uses."""
 
-    def time_vm(self, frame: bytes, runs: int) -> tuple[int, float]:
-        """Benchmark hook: run the program *runs* times on *frame* in the VM:
+    def time_vm(self, frame: bytes, runs: int, interpreted: bool = False) -> tuple[int, float]:
+        """Benchmark hook: run the program *runs* times on *frame* in the VM (JIT-compiled
+        where the RX path would run it so, or interpreted when *interpreted*):
         ``(verdict, ns per run)``, verdict -1 when a run faulted."""
+    @property
+    def jitted(self) -> bool:
+        """Whether the RX path runs this program JIT-compiled, else interpreted."""
 
     def kernel_load(
         self, hook: str, vids: list[int], counters: KernelCounters, name: str
