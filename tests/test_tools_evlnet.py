@@ -88,9 +88,10 @@ def read_line(stream, timeout: float = 15.0) -> str:
 
 
 @contextmanager
-def serving(*args: str, name: str = "tst", prefix: tuple[str, ...] = ()):
+def serving(*args: str, name: str = "tst", prefix: tuple[str, ...] = (),
+            stderr: list[str] | None = None):
     """``evl-net serve --stack NAME ARGS`` running; stopped with SIGTERM afterwards, which must
-    end it cleanly (exit 0, socket removed)."""
+    end it cleanly (exit 0, socket removed). What it wrote on stderr is appended to *stderr*."""
     proc = subprocess.Popen([*prefix, PY, "-m", "evlnet", "serve", "--stack", name, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -111,6 +112,8 @@ def serving(*args: str, name: str = "tst", prefix: tuple[str, ...] = ()):
         err = proc.stderr.read().decode() if proc.stderr else ""
         proc.stdout.close()
         proc.stderr.close()
+        if stderr is not None:
+            stderr.append(err)
     assert rc == 0, f"evl-net serve exited {rc}: {err}"
     assert not os.path.exists(path), "the socket file stays after a clean shutdown"
 
@@ -197,7 +200,7 @@ def test_enable_solicit_query_block_and_modifiers(served):
     r = evl_net("-S", "192.0.2.2", "-i", "vlink0")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     r = evl_net("-Q", "-i", "vlink0")
-    assert r.returncode == 0, r.stderr
+    assert (r.returncode, r.stderr) == (0, "")  # oob-capable: no note on stderr
     m = QUERY_RE.match(r.stdout)
     assert m, r.stdout
     assert m.group(1) == "yes"                 # a virtual link is oob-capable
@@ -617,8 +620,8 @@ def test_endpoint_survives_garbage(inproc):
     hello = ask(s, b'{"cmd": "hello"}')
     assert hello["ok"] and hello["result"]["stack"] == "inproc"
     assert hello["result"]["pid"] == os.getpid()
-    assert ask(s, b'{"cmd": "enable", "args": {"ifname": "vlink0"}}') == {"ok": True,
-                                                                          "result": None}
+    assert ask(s, b'{"cmd": "enable", "args": {"ifname": "vlink0"}}') == {
+        "ok": True, "result": {"ifname": "vlink0", "oob_capable": True}}
     q = ask(s, b'{"cmd": "query", "args": {"ifname": "vlink0"}}')
     assert q["ok"] and q["result"]["oob_port"] is True
     s.close()
@@ -746,12 +749,20 @@ def test_serve_linux_port_ping_query_capture(rundir, tmp_path):
     with netns("srv") as a, netns("peer") as b, \
             veth_pair(a, b, addr_a="192.0.2.1/24", addr_b="192.0.2.2/24") as (ea, eb):
         prefix = ("ip", "netns", "exec", a.name)
+        # AF_PACKET: not oob-capable; stdout stays EVL's, the explanation goes to stderr
+        note = f"evl-net: {ea.name}: {DevStat(oob_capable=False).capability_note()}\n"
+        assert "not a failure" in note
         with serving("--solicit-timeout", "2", name="lx", prefix=prefix):
             r = evl_net("-ei", ea.name)
-            assert (r.returncode, r.stderr) == (0, "")
+            assert (r.returncode, r.stdout, r.stderr) == (0, "", note)
             r = evl_net("-Q", "-i", ea.name)
             m = QUERY_RE.match(r.stdout)
-            assert m and m.group(1) == "no", r.stdout + r.stderr    # AF_PACKET: not oob-capable
+            assert m and m.group(1) == "no", r.stdout + r.stderr
+            assert r.stderr == note
+            r = evl_net("-QoR", "-i", ea.name)
+            assert (r.returncode, r.stdout.split()[0], r.stderr) == (0, "no", note)
+            r = evl_net("-QRT", "-i", ea.name)         # the capability is not printed: no note
+            assert (r.returncode, r.stderr) == (0, "")
             out = tmp_path / "icmp.pcap"
             cap = subprocess.Popen([PY, "-m", "evlnet", "capture", "-i", ea.name, "-w",
                                     str(out), "-c", "4"],
@@ -787,6 +798,12 @@ def test_serve_linux_port_ping_query_capture(rundir, tmp_path):
             r = evl_net("-Q", "-i", ea.name)
             assert r.stderr == f"evl-net: cannot open out-of-band port {ea.name}: " \
                                "Invalid argument\n"
+        # serve --enable explains it on its stderr too
+        errs: list[str] = []
+        with serving("--enable", ea.name, name="lx2", prefix=prefix, stderr=errs):
+            r = evl_net("-Qo", "-i", ea.name, "--stack", "lx2")
+            assert (r.returncode, r.stdout, r.stderr) == (0, "no\n", note)
+        assert errs == [note]
     assert list_namespaces(os.getpid()) == []
 
 

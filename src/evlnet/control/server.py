@@ -260,8 +260,10 @@ class ControlServer:
                 "ports": sorted(n for n, p in st.ports.items() if p.enabled),
                 "interfaces": sorted(st.interfaces)}
 
-    def _cmd_enable(self, args: dict[str, Any]) -> None:
-        self.stack.enable_port(args["ifname"], args.get("poolsz", 0), args.get("bufsz", 0))
+    def _cmd_enable(self, args: dict[str, Any]) -> dict[str, Any]:
+        port = self.stack.enable_port(args["ifname"], args.get("poolsz", 0),
+                                      args.get("bufsz", 0))
+        return {"ifname": port.name, "oob_capable": port.oob_capable}
 
     def _cmd_disable(self, args: dict[str, Any]) -> None:
         port = self._open_port(args["ifname"])
