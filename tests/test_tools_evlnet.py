@@ -459,7 +459,7 @@ def test_capture_in_process_count_and_byte_bounds(vpair, tmp_path):
     sent = [f"datagram {i}".encode() * (i + 1) for i in range(6)]
     path = tmp_path / "udp.pcap"
     with open(path, "wb") as f:
-        cap = pb.core.start_capture(f.fileno(), max_frames=4)
+        cap = pb.start_capture(f.fileno(), max_frames=4)
     for p in sent:
         tx.oob_sendmsg([p], address=("198.51.100.2", 9000))
     assert cap.wait(5.0)
@@ -471,7 +471,7 @@ def test_capture_in_process_count_and_byte_bounds(vpair, tmp_path):
     # a byte bound: the file never exceeds it, and holds whole frames only
     path2 = tmp_path / "bounded.pcap"
     with open(path2, "wb") as f:
-        cap2 = pa.core.start_capture(f.fileno(), max_bytes=400)
+        cap2 = pa.start_capture(f.fileno(), max_bytes=400)
     for p in sent:
         tx.oob_sendmsg([p], address=("198.51.100.2", 9000))
     assert cap2.wait(5.0)
@@ -490,21 +490,21 @@ def test_capture_rejects_what_it_cannot_write(vpair, tmp_path):
     ro = tmp_path / "ro.pcap"
     ro.write_bytes(b"")
     with open(ro, "rb") as f, pytest.raises(OSError) as info:
-        pa.core.start_capture(f.fileno())
+        pa.start_capture(f.fileno())
     assert info.value.errno == errno.EBADF
     with pytest.raises(OSError) as info:
-        pa.core.start_capture(-1)
+        pa.start_capture(-1)
     assert info.value.errno == errno.EBADF
     with open(tmp_path / "w.pcap", "wb") as f:
         with pytest.raises(OSError) as info:
-            pa.core.start_capture(f.fileno(), max_bytes=10)
+            pa.start_capture(f.fileno(), max_bytes=10)
         assert info.value.errno == errno.EINVAL
-        first = pa.core.start_capture(f.fileno())
+        first = pa.start_capture(f.fileno())
         with pytest.raises(OSError) as info:
-            pa.core.start_capture(f.fileno())
+            pa.start_capture(f.fileno())
         assert info.value.errno == errno.EBUSY
         assert first.stop()[6] is True
-        pa.core.start_capture(f.fileno()).stop()     # free again once stopped
+        pa.start_capture(f.fileno()).stop()     # free again once stopped
 
 
 # -- the control endpoint ------------------------------------------------------------------------

@@ -196,6 +196,34 @@ class Port:
             report[f"{thread} {lever}"] = "ok" if err == 0 else f"refused: {os.strerror(err)}"
         return report
 
+    # -- capture ------------------------------------------------------------------------------
+    def start_capture(self, fd: int, snaplen: int = 0, max_frames: int = 0,
+                      max_bytes: int = 0, queue_len: int = 1024) -> _core.Capture:
+        """Capture this port's oob frames into a pcap file (what ``evl-net capture`` does).
+
+        Captured: every frame the port's RX path receives (on a Linux port, what the diversion
+        passes to it) and every frame handed to the device for TX, each with its whole Ethernet
+        header (VLAN tags included) and a nanosecond timestamp, in a pcap file (Ethernet link
+        type) that tcpdump, tshark and scapy read. *fd* is a descriptor open for writing; the
+        core writes a duplicate of it from a writer thread of its own, so the caller may close
+        *fd* at once.
+
+        Bounds: *snaplen* bytes kept of each frame (0: whole frames, up to the port's buffer
+        size; at most 262144); the capture ends after *max_frames* frames or before the file,
+        headers included, would exceed *max_bytes* bytes (0: no bound; a bound that cannot hold
+        one frame is EINVAL). At most *queue_len* frames wait for the writer thread: more are
+        counted as drops, never silently lost; the data path only copies a frame into a
+        preallocated buffer.
+
+        Returns the running capture, a ``Capture``: ``Capture.wait(timeout)`` (True once it
+        ended by itself: a bound reached or a write error), ``Capture.stats()`` and
+        ``Capture.stop()`` (flushes the file; final figures), both ``(frames, bytes, drops,
+        rx_frames, tx_frames, errno, over)`` — errno 0 unless a write failed. Dropping it
+        stops the capture. Raises OSError: EBUSY when a capture already runs on this port,
+        EINVAL for bad sizes, EBADF (or the write's errno) when the file cannot be written.
+        """
+        return self.core.start_capture(fd, snaplen, max_frames, max_bytes, queue_len)
+
     @property
     def threads_alive(self) -> bool:
         return bool(self.core.threads_alive)
