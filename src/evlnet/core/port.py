@@ -110,10 +110,13 @@ class Port:
 
     @property
     def enabled(self) -> bool:
+        """Whether the port is enabled (False once disabled: the handle stays, unusable)."""
         return bool(self.core.enabled)
 
     @property
     def link_up(self) -> bool:
+        """Whether the interface's link is up, as the port last saw it (while it is down, sends
+        fail with ENETDOWN and blocked receivers are woken with it)."""
         return bool(self.core.link_up)
 
     @property
@@ -128,6 +131,9 @@ class Port:
 
     @property
     def oob_capable(self) -> bool:
+        """Whether the device moves frames straight from the oob threads (the embedded virtual
+        link) rather than through the kernel's packet ring (Linux interfaces, AF_PACKET):
+        EVL's ``oob capability``, see ``DevStat.capability_note``."""
         return self.device.oob_capable
 
     def __repr__(self) -> str:
@@ -144,6 +150,8 @@ class Port:
 
     # -- TX from the in-band stage ------------------------------------------------------------
     def check_sendable(self) -> None:
+        """Raise ENETDOWN unless the port is enabled and its link up: for frames built in-band
+        (``transmit_frame``), before building them."""
         if not self.enabled:
             raise oserror(errno.ENETDOWN, f"port {self.name} is disabled")
         if not self.link_up:
@@ -226,6 +234,7 @@ class Port:
 
     @property
     def threads_alive(self) -> bool:
+        """Whether the port's RX or TX thread (the core's) still runs; False after disable."""
         return bool(self.core.threads_alive)
 
     # -- statistics ---------------------------------------------------------------------------
@@ -251,6 +260,10 @@ class Port:
         return SimpleNamespace(**self.counter_values())
 
     def stats(self) -> DevStat:
+        """The port's statistics, read now (what ``Stack.get_stats`` returns): EVL's devstat
+        fields (``skb_*`` are the TX pool's; ``rx_nomem`` includes the device's), whether it is
+        oob-capable and enabled, and every other counter in ``extra`` (drop reasons, the RX
+        pool, device and kernel filter counters)."""
         c = self.counter_values()
         size, tx_total, tx_free, rx_total, rx_free = self.core.pools()
         main = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "csum_errors", "rx_nomem",
