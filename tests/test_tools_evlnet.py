@@ -262,6 +262,45 @@ def test_order_of_execution_is_evls(served):
     assert evl_net("-N").stdout == "VLAN filter cleared\n"
 
 
+def test_order_of_execution_places_filter_and_solicit(served, tmp_path):
+    """Where -F sits in EVL's order (disable, enable, filter, set VLANs, show VLANs, solicit,
+    query), with real eBPF filters, and solicit directly before query."""
+    obj = build(os.path.join(EXAMPLES, "ipv4_only.c"), str(tmp_path))
+    loop = build(os.path.join(REFUSED, "loop.c"), str(tmp_path))       # refused at load
+    assert evl_net("-ei", "vlink0").returncode == 0
+    # disable before filter: the port is gone when the filter is set
+    r = evl_net(f"-F{obj}", "-d", "-i", "vlink0")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == "evl-net: cannot open out-of-band port vlink0: Invalid argument\n"
+    # enable before filter: the filter goes on the port enabled by the same command
+    r = evl_net(f"-F{obj}", "-e", "-i", "vlink0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    # filter before set VLANs: a refused filter ends the command before -N acts
+    r = evl_net("-N42", f"-F{loop}", "-i", "vlink0")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == "evl-net: cannot set BPF filter on vlink0: Invalid argument\n"
+    assert evl_net("-n").stdout == ""
+    # filter, then set VLANs, then show them: the messages come in that order
+    r = evl_net("-n", "-N7", "-F", "-i", "vlink0")
+    assert (r.returncode, r.stdout) == (0, "eBPF module removed from vlink0\n7\n"), r.stderr
+    assert evl_net("-N").stdout == "VLAN filter cleared\n"
+    # solicit before query, on a port enabled by the same command (fresh counters): the
+    # query counts the ARP exchange; without -S the same command shows none
+    assert evl_net("-di", "vlink0").returncode == 0
+    r = evl_net("-QRT", "-e", "-i", "vlink0")
+    assert (r.returncode, r.stdout) == (0, "0 0\n"), r.stderr
+    assert evl_net("-di", "vlink0").returncode == 0
+    r = evl_net("-QRT", "-S", "192.0.2.2", "-e", "-i", "vlink0")
+    assert r.returncode == 0, r.stderr
+    rx, tx = map(int, r.stdout.split())
+    assert rx >= 1 and tx >= 1, r.stdout
+    # and all of it in one command: filter (installed), solicit, query
+    assert evl_net("-di", "vlink0").returncode == 0
+    r = evl_net("-QT", "-s", "192.0.2.2", f"-F{obj}", "-e", "-i", "vlink0")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) >= 1
+
+
 def test_solicit_messages(served):
     assert evl_net("-ei", "vlink0").returncode == 0
     r = evl_net("-s", "192.0.2.9", "-i", "vlink0")
