@@ -88,9 +88,10 @@ def read_line(stream, timeout: float = 15.0) -> str:
 
 
 @contextmanager
-def serving(*args: str, name: str = "tst", prefix: tuple[str, ...] = ()):
+def serving(*args: str, name: str = "tst", prefix: tuple[str, ...] = (),
+            stderr: list[str] | None = None):
     """``evl-net serve --stack NAME ARGS`` running; stopped with SIGTERM afterwards, which must
-    end it cleanly (exit 0, socket removed)."""
+    end it cleanly (exit 0, socket removed). What it wrote on stderr is appended to *stderr*."""
     proc = subprocess.Popen([*prefix, PY, "-m", "evlnet", "serve", "--stack", name, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -111,6 +112,8 @@ def serving(*args: str, name: str = "tst", prefix: tuple[str, ...] = ()):
         err = proc.stderr.read().decode() if proc.stderr else ""
         proc.stdout.close()
         proc.stderr.close()
+        if stderr is not None:
+            stderr.append(err)
     assert rc == 0, f"evl-net serve exited {rc}: {err}"
     assert not os.path.exists(path), "the socket file stays after a clean shutdown"
 
@@ -197,7 +200,7 @@ def test_enable_solicit_query_block_and_modifiers(served):
     r = evl_net("-S", "192.0.2.2", "-i", "vlink0")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     r = evl_net("-Q", "-i", "vlink0")
-    assert r.returncode == 0, r.stderr
+    assert (r.returncode, r.stderr) == (0, "")  # oob-capable: no note on stderr
     m = QUERY_RE.match(r.stdout)
     assert m, r.stdout
     assert m.group(1) == "yes"                 # a virtual link is oob-capable
@@ -257,6 +260,45 @@ def test_order_of_execution_is_evls(served):
     r = evl_net("-n", "-N42-45,100")
     assert (r.returncode, r.stdout) == (0, "42-45,100\n")
     assert evl_net("-N").stdout == "VLAN filter cleared\n"
+
+
+def test_order_of_execution_places_filter_and_solicit(served, tmp_path):
+    """Where -F sits in EVL's order (disable, enable, filter, set VLANs, show VLANs, solicit,
+    query), with real eBPF filters, and solicit directly before query."""
+    obj = build(os.path.join(EXAMPLES, "ipv4_only.c"), str(tmp_path))
+    loop = build(os.path.join(REFUSED, "loop.c"), str(tmp_path))       # refused at load
+    assert evl_net("-ei", "vlink0").returncode == 0
+    # disable before filter: the port is gone when the filter is set
+    r = evl_net(f"-F{obj}", "-d", "-i", "vlink0")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == "evl-net: cannot open out-of-band port vlink0: Invalid argument\n"
+    # enable before filter: the filter goes on the port enabled by the same command
+    r = evl_net(f"-F{obj}", "-e", "-i", "vlink0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    # filter before set VLANs: a refused filter ends the command before -N acts
+    r = evl_net("-N42", f"-F{loop}", "-i", "vlink0")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == "evl-net: cannot set BPF filter on vlink0: Invalid argument\n"
+    assert evl_net("-n").stdout == ""
+    # filter, then set VLANs, then show them: the messages come in that order
+    r = evl_net("-n", "-N7", "-F", "-i", "vlink0")
+    assert (r.returncode, r.stdout) == (0, "eBPF module removed from vlink0\n7\n"), r.stderr
+    assert evl_net("-N").stdout == "VLAN filter cleared\n"
+    # solicit before query, on a port enabled by the same command (fresh counters): the
+    # query counts the ARP exchange; without -S the same command shows none
+    assert evl_net("-di", "vlink0").returncode == 0
+    r = evl_net("-QRT", "-e", "-i", "vlink0")
+    assert (r.returncode, r.stdout) == (0, "0 0\n"), r.stderr
+    assert evl_net("-di", "vlink0").returncode == 0
+    r = evl_net("-QRT", "-S", "192.0.2.2", "-e", "-i", "vlink0")
+    assert r.returncode == 0, r.stderr
+    rx, tx = map(int, r.stdout.split())
+    assert rx >= 1 and tx >= 1, r.stdout
+    # and all of it in one command: filter (installed), solicit, query
+    assert evl_net("-di", "vlink0").returncode == 0
+    r = evl_net("-QT", "-s", "192.0.2.2", f"-F{obj}", "-e", "-i", "vlink0")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) >= 1
 
 
 def test_solicit_messages(served):
@@ -456,7 +498,7 @@ def test_capture_in_process_count_and_byte_bounds(vpair, tmp_path):
     sent = [f"datagram {i}".encode() * (i + 1) for i in range(6)]
     path = tmp_path / "udp.pcap"
     with open(path, "wb") as f:
-        cap = pb.core.start_capture(f.fileno(), max_frames=4)
+        cap = pb.start_capture(f.fileno(), max_frames=4)
     for p in sent:
         tx.oob_sendmsg([p], address=("198.51.100.2", 9000))
     assert cap.wait(5.0)
@@ -468,7 +510,7 @@ def test_capture_in_process_count_and_byte_bounds(vpair, tmp_path):
     # a byte bound: the file never exceeds it, and holds whole frames only
     path2 = tmp_path / "bounded.pcap"
     with open(path2, "wb") as f:
-        cap2 = pa.core.start_capture(f.fileno(), max_bytes=400)
+        cap2 = pa.start_capture(f.fileno(), max_bytes=400)
     for p in sent:
         tx.oob_sendmsg([p], address=("198.51.100.2", 9000))
     assert cap2.wait(5.0)
@@ -487,21 +529,21 @@ def test_capture_rejects_what_it_cannot_write(vpair, tmp_path):
     ro = tmp_path / "ro.pcap"
     ro.write_bytes(b"")
     with open(ro, "rb") as f, pytest.raises(OSError) as info:
-        pa.core.start_capture(f.fileno())
+        pa.start_capture(f.fileno())
     assert info.value.errno == errno.EBADF
     with pytest.raises(OSError) as info:
-        pa.core.start_capture(-1)
+        pa.start_capture(-1)
     assert info.value.errno == errno.EBADF
     with open(tmp_path / "w.pcap", "wb") as f:
         with pytest.raises(OSError) as info:
-            pa.core.start_capture(f.fileno(), max_bytes=10)
+            pa.start_capture(f.fileno(), max_bytes=10)
         assert info.value.errno == errno.EINVAL
-        first = pa.core.start_capture(f.fileno())
+        first = pa.start_capture(f.fileno())
         with pytest.raises(OSError) as info:
-            pa.core.start_capture(f.fileno())
+            pa.start_capture(f.fileno())
         assert info.value.errno == errno.EBUSY
         assert first.stop()[6] is True
-        pa.core.start_capture(f.fileno()).stop()     # free again once stopped
+        pa.start_capture(f.fileno()).stop()     # free again once stopped
 
 
 # -- the control endpoint ------------------------------------------------------------------------
@@ -617,8 +659,8 @@ def test_endpoint_survives_garbage(inproc):
     hello = ask(s, b'{"cmd": "hello"}')
     assert hello["ok"] and hello["result"]["stack"] == "inproc"
     assert hello["result"]["pid"] == os.getpid()
-    assert ask(s, b'{"cmd": "enable", "args": {"ifname": "vlink0"}}') == {"ok": True,
-                                                                          "result": None}
+    assert ask(s, b'{"cmd": "enable", "args": {"ifname": "vlink0"}}') == {
+        "ok": True, "result": {"ifname": "vlink0", "oob_capable": True}}
     q = ask(s, b'{"cmd": "query", "args": {"ifname": "vlink0"}}')
     assert q["ok"] and q["result"]["oob_port"] is True
     s.close()
@@ -746,12 +788,20 @@ def test_serve_linux_port_ping_query_capture(rundir, tmp_path):
     with netns("srv") as a, netns("peer") as b, \
             veth_pair(a, b, addr_a="192.0.2.1/24", addr_b="192.0.2.2/24") as (ea, eb):
         prefix = ("ip", "netns", "exec", a.name)
+        # AF_PACKET: not oob-capable; stdout stays EVL's, the explanation goes to stderr
+        note = f"evl-net: {ea.name}: {DevStat(oob_capable=False).capability_note()}\n"
+        assert "not a failure" in note
         with serving("--solicit-timeout", "2", name="lx", prefix=prefix):
             r = evl_net("-ei", ea.name)
-            assert (r.returncode, r.stderr) == (0, "")
+            assert (r.returncode, r.stdout, r.stderr) == (0, "", note)
             r = evl_net("-Q", "-i", ea.name)
             m = QUERY_RE.match(r.stdout)
-            assert m and m.group(1) == "no", r.stdout + r.stderr    # AF_PACKET: not oob-capable
+            assert m and m.group(1) == "no", r.stdout + r.stderr
+            assert r.stderr == note
+            r = evl_net("-QoR", "-i", ea.name)
+            assert (r.returncode, r.stdout.split()[0], r.stderr) == (0, "no", note)
+            r = evl_net("-QRT", "-i", ea.name)         # the capability is not printed: no note
+            assert (r.returncode, r.stderr) == (0, "")
             out = tmp_path / "icmp.pcap"
             cap = subprocess.Popen([PY, "-m", "evlnet", "capture", "-i", ea.name, "-w",
                                     str(out), "-c", "4"],
@@ -787,6 +837,12 @@ def test_serve_linux_port_ping_query_capture(rundir, tmp_path):
             r = evl_net("-Q", "-i", ea.name)
             assert r.stderr == f"evl-net: cannot open out-of-band port {ea.name}: " \
                                "Invalid argument\n"
+        # serve --enable explains it on its stderr too
+        errs: list[str] = []
+        with serving("--enable", ea.name, name="lx2", prefix=prefix, stderr=errs):
+            r = evl_net("-Qo", "-i", ea.name, "--stack", "lx2")
+            assert (r.returncode, r.stdout, r.stderr) == (0, "no\n", note)
+        assert errs == [note]
     assert list_namespaces(os.getpid()) == []
 
 

@@ -260,8 +260,10 @@ class ControlServer:
                 "ports": sorted(n for n, p in st.ports.items() if p.enabled),
                 "interfaces": sorted(st.interfaces)}
 
-    def _cmd_enable(self, args: dict[str, Any]) -> None:
-        self.stack.enable_port(args["ifname"], args.get("poolsz", 0), args.get("bufsz", 0))
+    def _cmd_enable(self, args: dict[str, Any]) -> dict[str, Any]:
+        port = self.stack.enable_port(args["ifname"], args.get("poolsz", 0),
+                                      args.get("bufsz", 0))
+        return {"ifname": port.name, "oob_capable": port.oob_capable}
 
     def _cmd_disable(self, args: dict[str, Any]) -> None:
         port = self._open_port(args["ifname"])
@@ -306,8 +308,8 @@ class ControlServer:
         if len(fds) != 1:
             raise oserror(errno.EBADF, "capture: pass exactly one open file (SCM_RIGHTS)")
         port = self._open_port(args["ifname"])
-        cap = port.core.start_capture(fds[0], args.get("snaplen", 0),
-                                      args.get("max_frames", 0), args.get("max_bytes", 0))
+        cap = port.start_capture(fds[0], args.get("snaplen", 0), args.get("max_frames", 0),
+                                 args.get("max_bytes", 0))
         handle = _Capture(cap, port)
         with self._lock:
             self._captures.add(handle)
@@ -336,12 +338,12 @@ class ControlServer:
 class _Capture:
     """A running capture and the port it captures."""
 
-    def __init__(self, core: Any, port: Any) -> None:
-        self.core = core
+    def __init__(self, capture: Any, port: Any) -> None:
+        self.capture = capture        # what Port.start_capture returned
         self.port = port
 
     def stop(self) -> tuple[int, int, int, int, int, int, bool]:
-        return tuple(self.core.stop())
+        return tuple(self.capture.stop())
 
 
 def _alive(path: str) -> bool:

@@ -26,6 +26,7 @@ class Route:
 
     @property
     def next_hop(self) -> int:
+        """The address the frame goes to on the link: the gateway, else the destination."""
         return self.gateway or self.destination
 
     def __repr__(self) -> str:

@@ -110,10 +110,13 @@ class Port:
 
     @property
     def enabled(self) -> bool:
+        """Whether the port is enabled (False once disabled: the handle stays, unusable)."""
         return bool(self.core.enabled)
 
     @property
     def link_up(self) -> bool:
+        """Whether the interface's link is up, as the port last saw it (while it is down, sends
+        fail with ENETDOWN and blocked receivers are woken with it)."""
         return bool(self.core.link_up)
 
     @property
@@ -128,6 +131,9 @@ class Port:
 
     @property
     def oob_capable(self) -> bool:
+        """Whether the device moves frames straight from the oob threads (the embedded virtual
+        link) rather than through the kernel's packet ring (Linux interfaces, AF_PACKET):
+        EVL's ``oob capability``, see ``DevStat.capability_note``."""
         return self.device.oob_capable
 
     def __repr__(self) -> str:
@@ -144,6 +150,8 @@ class Port:
 
     # -- TX from the in-band stage ------------------------------------------------------------
     def check_sendable(self) -> None:
+        """Raise ENETDOWN unless the port is enabled and its link up: for frames built in-band
+        (``transmit_frame``), before building them."""
         if not self.enabled:
             raise oserror(errno.ENETDOWN, f"port {self.name} is disabled")
         if not self.link_up:
@@ -196,8 +204,37 @@ class Port:
             report[f"{thread} {lever}"] = "ok" if err == 0 else f"refused: {os.strerror(err)}"
         return report
 
+    # -- capture ------------------------------------------------------------------------------
+    def start_capture(self, fd: int, snaplen: int = 0, max_frames: int = 0,
+                      max_bytes: int = 0, queue_len: int = 1024) -> _core.Capture:
+        """Capture this port's oob frames into a pcap file (what ``evl-net capture`` does).
+
+        Captured: every frame the port's RX path receives (on a Linux port, what the diversion
+        passes to it) and every frame handed to the device for TX, each with its whole Ethernet
+        header (VLAN tags included) and a nanosecond timestamp, in a pcap file (Ethernet link
+        type) that tcpdump, tshark and scapy read. *fd* is a descriptor open for writing; the
+        core writes a duplicate of it from a writer thread of its own, so the caller may close
+        *fd* at once.
+
+        Bounds: *snaplen* bytes kept of each frame (0: whole frames, up to the port's buffer
+        size; at most 262144); the capture ends after *max_frames* frames or before the file,
+        headers included, would exceed *max_bytes* bytes (0: no bound; a bound that cannot hold
+        one frame is EINVAL). At most *queue_len* frames wait for the writer thread: more are
+        counted as drops, never silently lost; the data path only copies a frame into a
+        preallocated buffer.
+
+        Returns the running capture, a ``Capture``: ``Capture.wait(timeout)`` (True once it
+        ended by itself: a bound reached or a write error), ``Capture.stats()`` and
+        ``Capture.stop()`` (flushes the file; final figures), both ``(frames, bytes, drops,
+        rx_frames, tx_frames, errno, over)`` — errno 0 unless a write failed. Dropping it
+        stops the capture. Raises OSError: EBUSY when a capture already runs on this port,
+        EINVAL for bad sizes, EBADF (or the write's errno) when the file cannot be written.
+        """
+        return self.core.start_capture(fd, snaplen, max_frames, max_bytes, queue_len)
+
     @property
     def threads_alive(self) -> bool:
+        """Whether the port's RX or TX thread (the core's) still runs; False after disable."""
         return bool(self.core.threads_alive)
 
     # -- statistics ---------------------------------------------------------------------------
@@ -223,6 +260,10 @@ class Port:
         return SimpleNamespace(**self.counter_values())
 
     def stats(self) -> DevStat:
+        """The port's statistics, read now (what ``Stack.get_stats`` returns): EVL's devstat
+        fields (``skb_*`` are the TX pool's; ``rx_nomem`` includes the device's), whether it is
+        oob-capable and enabled, and every other counter in ``extra`` (drop reasons, the RX
+        pool, device and kernel filter counters)."""
         c = self.counter_values()
         size, tx_total, tx_free, rx_total, rx_free = self.core.pools()
         main = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "csum_errors", "rx_nomem",

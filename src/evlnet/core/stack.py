@@ -370,6 +370,8 @@ class Stack:
         return self.kernel
 
     def is_local_address(self, ip: int) -> bool:
+        """Whether *ip* (an IPv4 address as an int) is an address of one of the stack's
+        interfaces (what a UDP socket may bind to)."""
         return any(a.address == ip for i in self.interfaces.values() for a in i.addresses)
 
     # -- ports --------------------------------------------------------------------------------
@@ -464,6 +466,9 @@ class Stack:
         return self._port_of(port).stats()
 
     def interface_vanished(self, port: Port) -> None:
+        """In-band, when *port*'s interface disappeared: disable the port (if still enabled),
+        purge its routes and neighbours from the front cache (as EVL on NETDEV_GOING_DOWN) and
+        forget a Linux interface. Called by the port; not needed by applications."""
         if self.ports.get(port.name) is port:
             self.disable_port(port)
         self.frontcache.purge_port(port)        # EVL: NETDEV_GOING_DOWN purges routes too
@@ -515,23 +520,36 @@ class Stack:
         return proto
 
     def publish_protocols(self) -> None:
+        """Tell the core the EtherTypes and IPv4 protocol numbers of the registered custom
+        protocols (it hands their frames up to the in-band stage), and let Linux ports
+        recompute what they divert. ``register_protocol`` and unregistering call it."""
         self.core.set_inband_protocols(sorted(self.protocols.by_ethertype),
                                        sorted(self.protocols.by_ip_protocol))
         self.tables_changed()
 
     def register_socket(self, sock) -> None:
+        """Track *sock* (weakly): port changes wake or purge it, ``close()`` closes it. Oob
+        sockets call it when they are made; applications do not."""
         self._sockets.add(sock)
 
     def unregister_socket(self, sock) -> None:
+        """Forget *sock* (it is closing); Linux ports stop diverting its traffic. Oob sockets
+        call it from ``close()``."""
         self._sockets.discard(sock)
         if self.kernel is not None:
             self.kernel.socket_closed(sock)
 
     def kernel_bind(self, sock, addr: int, port: int) -> None:
+        """*sock* was bound to *addr*:*port* (ints): with Linux ports, reserve them in the kernel
+        with the socket's genuine kernel socket and divert that traffic to the ports. A no-op
+        without Linux ports. Oob UDP sockets call it from ``bind()``."""
         if self.kernel is not None:
             self.kernel.bind(sock, addr, port)
 
     def kernel_connect(self, sock, addr: int, port: int) -> None:
+        """*sock* was connected to *addr*:*port* (ints): with Linux ports, connect its genuine
+        kernel socket too (its in-band sends go there). A no-op without Linux ports. Oob UDP
+        sockets call it from ``connect()``."""
         if self.kernel is not None:
             self.kernel.connect(sock, addr, port)
 
@@ -736,6 +754,9 @@ class Stack:
         self.frontcache.flush_neighbours()
 
     def set_solicit_timeout(self, seconds: float) -> None:
+        """How long ``solicit`` waits for the peer's ARP answer (EVL's ``ipv4_solicit_timeout``,
+        default 5 s), also how long a demoted datagram waits for its next hop. EINVAL unless
+        *seconds* > 0."""
         if not seconds > 0:
             raise oserror(errno.EINVAL, "solicit timeout must be > 0")
         self.settings.solicit_timeout = float(seconds)
@@ -748,6 +769,8 @@ class Stack:
             self.kernel.vlans_changed()
 
     def get_vlans(self) -> str:
+        """The oob VLAN id set in the form ``set_vlans`` takes (``"42-45,100"``; ``""`` when
+        empty), as EVL's ``/sys/class/evl/net/vlans`` reads."""
         return format_vlan_list(set(self.vlans))
 
     # -- lifetime -----------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class DevStat:
                    oob_port=bool(bits & 2))
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field by name, ``extra`` as a nested dict (JSON-ready)."""
         return asdict(self)
 
     def capability_note(self) -> str:

@@ -65,6 +65,7 @@ class Protocol:
         self.stack: "Stack | None" = None
 
     def bind_stack(self, stack: "Stack") -> None:
+        """Called when the protocol is registered: the stack it serves becomes ``self.stack``."""
         self.stack = stack
 
     def accepts_proto(self, proto: int) -> bool:
@@ -77,6 +78,9 @@ class Protocol:
         ``rx_errors``. The default drops it."""
 
     def create_socket(self, family: int, sock_type: int, proto: int, flags: int) -> Any:
+        """Make a socket of this protocol for ``Stack.socket(family, sock_type | flags,
+        proto)``; *flags* are the ``SOCK_OOB``/``SOCK_NONBLOCK``/``SOCK_CLOEXEC`` bits. The
+        default raises EPROTONOSUPPORT (a protocol without sockets)."""
         raise oserror(errno.EPROTONOSUPPORT, f"{self.name} has no sockets")
 
 

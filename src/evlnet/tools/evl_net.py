@@ -10,6 +10,10 @@ EVL's options, long forms, order of execution and output, byte for byte (libevl
     evl-net -N42-45 ; evl-net -n # set / show the VLAN filter
     evl-net -di veth0
 
+On a port that is not oob-capable (a Linux interface), ``-Q`` and ``-e`` also write the
+explanation of ``oob capability: no`` (``DevStat.capability_note``) on stderr; stdout stays
+EVL's.
+
 They act on a stack served by another process (``evl-net serve``), found by default (the
 only one running) or by ``--stack NAME``. evlnet's own commands::
 
@@ -23,6 +27,7 @@ See ``docs/TOOLS.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -268,8 +273,20 @@ def find_host_ip(host: str) -> str:
     return str(res[0][4][0])
 
 
-def run_actions(o: Options, client: ControlClient, out: TextIO) -> None:
-    """EVL's order: disable, enable, filter, set VLANs, show VLANs, solicit, query."""
+def capability_note(netif: str, oob_capable: bool) -> str:
+    """The stderr line that explains ``oob capability: no`` (empty for an oob-capable port):
+    stdout stays byte for byte EVL's."""
+    if oob_capable:
+        return ""
+    return f"{PROG}: {netif}: {DevStat(oob_capable=False).capability_note()}\n"
+
+
+def run_actions(o: Options, client: ControlClient, out: TextIO,
+                err: TextIO | None = None) -> None:
+    """EVL's order: disable, enable, filter, set VLANs, show VLANs, solicit, query. Output is
+    EVL's on *out*; a port that is not oob-capable gets its explanation on *err* (stderr) when
+    it is enabled or its capability is queried."""
+    err = err or sys.stderr
     netif = o.netif or ""
     if o.disable:
         _call(client, "disable", f"cannot disable out-of-band port on {netif}",
@@ -277,8 +294,10 @@ def run_actions(o: Options, client: ControlClient, out: TextIO) -> None:
     if o.enable:
         if o.poolsz < 0 or o.bufsz < 0:
             raise ActionError(f"cannot enable out-of-band port on {netif}", errno.EINVAL)
-        _call(client, "enable", f"cannot enable out-of-band port on {netif}", ifname=netif,
-              poolsz=o.poolsz, bufsz=o.bufsz)
+        res = _call(client, "enable", f"cannot enable out-of-band port on {netif}",
+                    ifname=netif, poolsz=o.poolsz, bufsz=o.bufsz)
+        if isinstance(res, dict) and res.get("oob_capable") is False:
+            err.write(capability_note(netif, False))
     if o.set_filter:
         module = os.path.abspath(o.modpath) if o.modpath is not None else None
         _call(client, "set_filter", f"cannot set BPF filter on {netif}",
@@ -300,10 +319,10 @@ def run_actions(o: Options, client: ControlClient, out: TextIO) -> None:
             client.request("solicit", host=addr, ifname=o.netif, permanent=o.permanent,
                            mayroute=o.allow_routing)
         except OSError as exc:
-            err = exc.errno or errno.EIO
+            code = exc.errno or errno.EIO
             if getattr(exc, "stage", None) == "bind":
-                raise ActionError(f"cannot bind UDP socket to device {netif}", err) from None
-            raise ActionError(f"{host} did not respond", err) from None
+                raise ActionError(f"cannot bind UDP socket to device {netif}", code) from None
+            raise ActionError(f"{host} did not respond", code) from None
     if o.query:
         fields = _call(client, "query", f"cannot query out-of-band port on {netif}",
                        f"cannot open out-of-band port {netif}", ifname=netif)
@@ -315,13 +334,17 @@ def run_actions(o: Options, client: ControlClient, out: TextIO) -> None:
                 out.flush()
                 raise ActionError(f"invalid query modifer '{c}'", errno.EINVAL)
         out.write(stat.format_query(which) + "\n")
+        if not which or "o" in which:       # the capability was printed: explain a "no"
+            out.flush()
+            err.write(capability_note(netif, stat.oob_capable))
 
 
 def devstat(fields: Any) -> DevStat:
     """A DevStat from a ``query`` reply."""
     if not isinstance(fields, dict):
         raise ActionError("malformed reply from the stack", errno.EPROTO)
-    known = {k: v for k, v in fields.items() if k in DevStat.__dataclass_fields__}
+    names = {f.name for f in dataclasses.fields(DevStat)}
+    known = {k: v for k, v in fields.items() if k in names}
     try:
         return DevStat(**known)
     except TypeError:
@@ -414,8 +437,9 @@ def serve(argv: Sequence[str], out: TextIO) -> int:
             out.write(f"{PROG}: virtual interface {ifname} ({local}), its peer answers at "
                       f"{peer}\n")
         for ifname in args.enable:
-            stack.enable_port(ifname)
+            port = stack.enable_port(ifname)
             out.write(f"{PROG}: oob port enabled on {ifname}\n")
+            sys.stderr.write(capability_note(ifname, port.oob_capable))
         server = ControlServer(stack).start()
         out.write(f"{PROG}: serving stack {args.stack} on {server.path} (pid {os.getpid()})\n")
         out.flush()

@@ -83,11 +83,11 @@ from .. import (
     SOCK_DGRAM,
     SOCK_OOB,
     SOL_SOCKET,
+    IoTimes,
     Stack,
     VirtualLink,
     __version__,
 )
-from ..core.timestamps import IOTIMES
 from .latency import (
     LatencySet,
     cpu_isolated,
@@ -121,6 +121,8 @@ PROBE = ord("^")
 RTT_PORT = 59061
 #: --rtt's echo sockets: RX stamps at the device only (no TX records to collect)
 ECHO_STAMPS = EVL_SOF_TIMESTAMP_RX | EVL_SOF_TIMESTAMP_DEVICE
+#: Bytes of one ``struct evl_net_iotimes`` record (three u64), from the public ``IoTimes``.
+IOTIMES_SIZE = len(IoTimes().pack())
 
 
 class LatmusError(Exception):
@@ -515,7 +517,7 @@ class OobTransport:
             raise
         self._send = self.sock.oob_sendmsg
         self._recv = self.sock.oob_recvmsg_into
-        self._tsbuf = bytearray(16 * IOTIMES.size)
+        self._tsbuf = bytearray(16 * IOTIMES_SIZE)
         self._einprogress = 0
         self._demoted0 = stack.counters.tx_demoted
 
@@ -534,13 +536,17 @@ class OobTransport:
             n, _, _, _ = self._recv([self._tsbuf], 0, MSG_TIMESTAMP | MSG_DONTWAIT)
         except BlockingIOError:
             return []
-        return list(IOTIMES.iter_unpack(memoryview(self._tsbuf)[:n]))
+        return [(t.device_time, t.queuing_time, t.delivery_time)
+                for t in IoTimes.unpack_array(memoryview(self._tsbuf)[:n])]
 
     def recv(self, buf: bytearray, timeout: float) -> tuple[int, tuple[int, int, int] | None]:
         """One datagram into *buf*: ``(length, (device, queuing, delivery) or None)``;
         TimeoutError when none came in time."""
-        n, anc, _, _ = self._recv([buf], IOTIMES.size, timeout=timeout)
-        return n, (IOTIMES.unpack(anc[0][2]) if anc else None)
+        n, anc, _, _ = self._recv([buf], IOTIMES_SIZE, timeout=timeout)
+        if not anc:
+            return n, None
+        t = IoTimes.unpack(anc[0][2])
+        return n, (t.device_time, t.queuing_time, t.delivery_time)
 
     def in_band_switches(self) -> int:
         return self.stack.counters.tx_demoted - self._demoted0 + self._einprogress
