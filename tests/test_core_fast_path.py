@@ -64,7 +64,13 @@ def test_common_shapes_run_no_python_code_per_datagram(pair):
     assert recv == ["UdpSocket.oob_recvmsg_into"]
     assert out[:4] == b"fast"
     # the shapes left to the general path do run it (the test can tell the two apart)
-    send = python_calls(lambda: sa.oob_sendmsg([memoryview(b"slow")], address=(B_IP, 6000)))
+    # an echo's slice of its receive buffer is a common shape too
+    echo = bytearray(b"..view..")
+    send = python_calls(lambda: sa.oob_sendmsg([memoryview(echo)[2:6]], address=(B_IP, 6000)))
+    assert send == ["UdpSocket.oob_sendmsg"]
+    assert sb.oob_recvmsg_into([out], timeout=5)[0] == 4 and out[:4] == b"view"
+    # the shapes left to the general path do run it (the test can tell the two apart)
+    send = python_calls(lambda: sa.oob_sendmsg([b"sl", b"ow"], address=(B_IP, 6000)))
     assert "OobSocket.oob_sendmsg" in send
     recv = python_calls(lambda: sb.oob_recvmsg_into([memoryview(out)], timeout=5))
     assert "OobSocket.oob_recvmsg_into" in recv

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple};
 
 use crate::frontcache::Lookup;
 use crate::pool::PacketBuf;
@@ -64,8 +64,8 @@ fn exact_flags(flags: &Bound<'_, PyAny>, allowed: i32) -> Option<i32> {
     (v & !allowed == 0).then_some(v)
 }
 
-/// The one payload of `buffers`: a bytes or bytearray, alone or as a one-item list, of at
-/// most a UDP datagram's payload.
+/// The one payload of `buffers`: a bytes, a bytearray or a contiguous byte memoryview (an
+/// echo's `mv[:n]`), alone or as a one-item list, of at most a UDP datagram's payload.
 fn single_payload<'py>(buffers: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     let item = match buffers.cast_exact::<PyList>() {
         Ok(list) if list.len() == 1 => list.get_item(0).ok()?,
@@ -76,6 +76,13 @@ fn single_payload<'py>(buffers: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>>
         b.as_bytes().len()
     } else if let Ok(b) = item.cast_exact::<PyByteArray>() {
         b.len()
+    } else if item.cast_exact::<PyMemoryView>().is_ok() {
+        // `with_payload` reads it the same way; other formats or layouts take the general path
+        let view = PyBuffer::<u8>::get(&item).ok()?;
+        if !view.is_c_contiguous() {
+            return None;
+        }
+        view.len_bytes()
     } else {
         return None;
     };
@@ -417,8 +424,8 @@ impl PySocket {
     }
 
     /// `oob_sendmsg` for the common argument shapes, checked here so that no Python code runs
-    /// per datagram: one bytes or bytearray (alone or as a one-item list), an `(str, int)`
-    /// address in dotted-quad form or none on a connected socket, flags 0 or MSG_DONTWAIT, a
+    /// per datagram: one bytes, bytearray or contiguous byte memoryview (alone or as a
+    /// one-item list), an `(str, int)` address in dotted-quad form or none on a connected socket, flags 0 or MSG_DONTWAIT, a
     /// bound socket, no broadcast without SO_BROADCAST, a front-cache hit. Returns the bytes
     /// sent, or None for anything else: the caller then takes the general path, which owns
     /// every refusal (and its errno) and the demotion to the in-band stage.

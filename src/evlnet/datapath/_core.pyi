@@ -475,10 +475,11 @@ class Socket:
     def try_sendmsg(
         self, buffers: object, address: object, flags: object, nonblocking: bool,
     ) -> int | None:
-        """``oob_sendmsg`` for the common shapes (one bytes/bytearray alone or in a one-item
-        list, a dotted-quad ``(host, port)`` or None on a connected socket, flags 0 or
-        MSG_DONTWAIT, bound, a front-cache hit, no broadcast without SO_BROADCAST): the bytes
-        sent; None for anything else (the caller takes the general path)."""
+        """``oob_sendmsg`` for the common shapes (one bytes, bytearray or contiguous byte
+        memoryview alone or in a one-item list, a dotted-quad ``(host, port)`` or None on a
+        connected socket, flags 0 or MSG_DONTWAIT, bound, a front-cache hit, no broadcast
+        without SO_BROADCAST): the bytes sent; None for anything else (the caller takes the
+        general path)."""
 
     def try_recvmsg_into(
         self, buffers: object, flags: object, timeout: object, nonblocking: bool,
