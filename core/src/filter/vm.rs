@@ -426,10 +426,9 @@ mod tests {
         assert_eq!(f.run(&arp, 1, 0), Verdict::Drop);
     }
 
-    #[test]
-    fn load_bytes_copies_or_faults() {
-        // r0 = (load_bytes(skb, 12, fp-8, 2) == 0) ? 1 : 0, reading back the EtherType
-        let p = vec![
+    /// r0 = (load_bytes(skb, 12, fp-8, 2) == 0 && that EtherType is IPv4) ? 1 : 0
+    fn ethertype_by_helper() -> Vec<Insn> {
+        vec![
             mov64_imm(2, 12),
             mov64_reg(3, 10),
             add64_imm(3, -8),
@@ -443,8 +442,12 @@ mod tests {
             mov64_imm(0, 1),
             exit(),
             exit(),
-        ];
-        let f = vm_of(p);
+        ]
+    }
+
+    #[test]
+    fn load_bytes_copies_or_faults() {
+        let f = vm_of(ethertype_by_helper());
         assert_eq!(f.run(&frame(17, 60), 1, 0), Verdict::Accept);
         assert_eq!(f.run(&frame(17, 60)[..13], 1, 0), Verdict::Drop);
     }
@@ -526,22 +529,7 @@ mod tests {
 
     #[test]
     fn the_helper_and_packet_reads_agree_on_every_frame_length() {
-        // r0 = load_bytes(skb, 12, fp-8, 2) == 0 && that EtherType is IPv4 ? 1 : 0
-        let helper = [
-            mov64_imm(2, 12),
-            mov64_reg(3, 10),
-            add64_imm(3, -8),
-            mov64_imm(4, 2),
-            Insn::new(0x85, 0, 0, 0, verifier::HELPER_SKB_LOAD_BYTES),
-            mov64_reg(6, 0),
-            mov64_imm(0, 0),
-            Insn::new(0x55, 6, 0, 4, 0),
-            Insn::new(0x69, 7, 10, -8, 0),
-            Insn::new(0x55, 7, 0, 2, 0x0008),
-            mov64_imm(0, 1),
-            exit(),
-            exit(),
-        ];
+        let helper = ethertype_by_helper();
         for len in 0..80 {
             assert!(both_agree(&udp_filter(true), &frame(17, 80)[..len]).is_some());
             assert!(both_agree(&helper, &frame(17, 80)[..len]).is_some());
