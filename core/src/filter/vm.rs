@@ -555,4 +555,43 @@ mod tests {
         assert!(fits_jit_page(&p));
         assert_eq!(both_agree(&p, &frame(17, 60)), Some(99));
     }
+
+    #[test]
+    fn the_jit_page_bound_holds_for_the_longest_instructions() {
+        // Fill a program with as many of one instruction as the bound admits: compiling must
+        // not overflow rbpf's page (it would panic). rbpf's own encoding check is enough here;
+        // the code is compiled, not run.
+        let div = Insn::new(0x3f, 6, 7, 0, 0); // r6 /= r7
+        let cases = [
+            vec![div],
+            vec![Insn::new(0x9c, 8, 9, 0, 0)], // w8 %= w9
+            vec![Insn::new(0x85, 0, 0, 0, verifier::HELPER_SKB_LOAD_BYTES)],
+            vec![Insn::new(0x7a, 10, 0, -512, 0x7fff_ffff)], // *(u64 *)(r10 - 512) = imm
+            vec![Insn::new(0x18, 9, 0, 0, -1), Insn::new(0, 0, 0, 0, -1)], // r9 = imm64
+            vec![Insn::new(0x15, 9, 0, 0, 0x7fff_ffff)],     // if r9 == imm goto +0
+            vec![Insn::new(0xdc, 8, 0, 0, 64)],              // r8 = be64 r8
+            vec![Insn::new(0x6f, 6, 9, 0, 0)],               // r6 <<= r9
+            vec![Insn::new(0xbc, 8, 9, 0, 0)],               // w8 = w9 (lowered to two)
+        ];
+        for unit in cases {
+            let mut p = vec![mov64_imm(0, 0)];
+            loop {
+                let mut longer = p.clone();
+                longer.extend(&unit);
+                longer.push(exit());
+                if !fits_jit_page(&lower_for_jit(&longer, 8)) {
+                    break;
+                }
+                p.extend(&unit);
+            }
+            p.push(exit());
+            let lowered = lower_for_jit(&p, 8);
+            assert!(
+                fits_jit_page(&lowered) && p.len() > 40,
+                "{:#x}",
+                unit[0].opc
+            );
+            assert!(Engine::new(&lowered, true).is_ok(), "{:#x}", unit[0].opc);
+        }
+    }
 }
