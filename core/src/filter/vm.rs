@@ -306,30 +306,23 @@ impl VmFilter {
         ctx.fields[F_LEN] = packet.len() as u32;
         ctx.data = packet.as_ptr() as u64;
         ctx.data_end = ctx.data + packet.len() as u64;
-        if let Some(jit) = jit {
-            // SAFETY: SkbContext is repr(C), made of integers only, with no padding (48 u32s
-            // then two u64s at offset 192), so it is a valid byte slice; we hold it mutably for
-            // the call. rbpf ties the slice to the VM's lifetime, but the compiled code reads it
-            // only during the call, which `ctx` outlives. The program reaches the packet only
-            // through `data`/`data_end` in the context (the verifier refuses LD_ABS/LD_IND,
-            // which would use rbpf's `mem`, so `mem` is empty), and every access the code makes
-            // was proven in bounds by the verifier at load.
-            unsafe {
-                let mbuff: &'static mut [u8] = std::slice::from_raw_parts_mut(
-                    ctx as *mut SkbContext as *mut u8,
-                    std::mem::size_of::<SkbContext>(),
-                );
-                jit.vm.execute_program_jit(&mut [], mbuff).ok()
-            }
-        } else {
-            // SAFETY: as above (a valid byte view of `ctx`, living no longer than it).
-            let mbuff = unsafe {
-                std::slice::from_raw_parts(
-                    ctx as *const SkbContext as *const u8,
-                    std::mem::size_of::<SkbContext>(),
-                )
-            };
-            self.interpreter.vm.execute_program(packet, mbuff).ok()
+        // SAFETY: SkbContext is repr(C), made of integers only, with no padding (48 u32s then
+        // two u64s at offset 192), so it is a valid byte slice; we hold it mutably for this
+        // call. rbpf ties the JIT's slice to the VM's lifetime, but neither engine keeps it past
+        // the call, which `ctx` outlives.
+        let mbuff: &'static mut [u8] = unsafe {
+            std::slice::from_raw_parts_mut(
+                ctx as *mut SkbContext as *mut u8,
+                std::mem::size_of::<SkbContext>(),
+            )
+        };
+        match jit {
+            // SAFETY: the program reaches the packet only through `data`/`data_end` in the
+            // context (the verifier refuses LD_ABS/LD_IND, which would use rbpf's `mem`, so
+            // `mem` is empty), and every access the compiled code makes was proven in bounds by
+            // the verifier at load (it has no run-time checks).
+            Some(jit) => unsafe { jit.vm.execute_program_jit(&mut [], mbuff) }.ok(),
+            None => self.interpreter.vm.execute_program(packet, mbuff).ok(),
         }
     }
 }

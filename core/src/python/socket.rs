@@ -425,10 +425,11 @@ impl PySocket {
 
     /// `oob_sendmsg` for the common argument shapes, checked here so that no Python code runs
     /// per datagram: one bytes, bytearray or contiguous byte memoryview (alone or as a
-    /// one-item list), an `(str, int)` address in dotted-quad form or none on a connected socket, flags 0 or MSG_DONTWAIT, a
-    /// bound socket, no broadcast without SO_BROADCAST, a front-cache hit. Returns the bytes
-    /// sent, or None for anything else: the caller then takes the general path, which owns
-    /// every refusal (and its errno) and the demotion to the in-band stage.
+    /// one-item list), an `(str, int)` address in dotted-quad form or none on a connected
+    /// socket, flags 0 or MSG_DONTWAIT, a bound socket, no broadcast without SO_BROADCAST, a
+    /// front-cache hit. Returns the bytes sent, or None for anything else: the caller then
+    /// takes the general path, which owns every refusal (and its errno) and the demotion to the
+    /// in-band stage.
     fn try_sendmsg(
         &self,
         py: Python<'_>,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..constants import EVL_SOF_TIMESTAMP_RX, EVL_SOF_TIMESTAMP_TX
 
@@ -31,6 +32,9 @@ IOTIMES_SIZE = IOTIMES.size  # 24
 @dataclass(frozen=True, slots=True)
 class IoTimes:
     """One ``struct evl_net_iotimes`` record (monotonic ns; 0 = point not taken)."""
+
+    #: Bytes of one packed record: what a control buffer needs per record.
+    SIZE: ClassVar[int] = IOTIMES_SIZE
 
     device_time: int = 0
     queuing_time: int = 0

@@ -121,8 +121,6 @@ PROBE = ord("^")
 RTT_PORT = 59061
 #: --rtt's echo sockets: RX stamps at the device only (no TX records to collect)
 ECHO_STAMPS = EVL_SOF_TIMESTAMP_RX | EVL_SOF_TIMESTAMP_DEVICE
-#: Bytes of one ``struct evl_net_iotimes`` record (three u64), from the public ``IoTimes``.
-IOTIMES_SIZE = len(IoTimes().pack())
 
 
 class LatmusError(Exception):
@@ -517,7 +515,7 @@ class OobTransport:
             raise
         self._send = self.sock.oob_sendmsg
         self._recv = self.sock.oob_recvmsg_into
-        self._tsbuf = bytearray(16 * IOTIMES_SIZE)
+        self._tsbuf = bytearray(16 * IoTimes.SIZE)
         self._einprogress = 0
         self._demoted0 = stack.counters.tx_demoted
 
@@ -542,7 +540,7 @@ class OobTransport:
     def recv(self, buf: bytearray, timeout: float) -> tuple[int, tuple[int, int, int] | None]:
         """One datagram into *buf*: ``(length, (device, queuing, delivery) or None)``;
         TimeoutError when none came in time."""
-        n, anc, _, _ = self._recv([buf], IOTIMES_SIZE, timeout=timeout)
+        n, anc, _, _ = self._recv([buf], IoTimes.SIZE, timeout=timeout)
         if not anc:
             return n, None
         t = IoTimes.unpack(anc[0][2])
