@@ -305,6 +305,7 @@ class EvlnetClient(ClientRole):
         return got, lost
 
     def op_tx(self, seconds: float) -> dict:
+        queued0 = self.stack.get_stats(self.tx_port).extra["tx_queued"]
         t0 = time.monotonic()
         sent, errors, loop_ns = L.evlnet_tx(self.txsock, self.tx_peer, bytes(self.cfg["size"]),
                                             seconds)
@@ -316,7 +317,10 @@ class EvlnetClient(ClientRole):
                 break
             time.sleep(0.001)
         elapsed = time.monotonic() - t0
-        return {"sent": sent, "errors": errors, "elapsed": elapsed, "loop_elapsed": loop_ns / 1e9}
+        # how many went through the port's TX thread (a stream is handed off to it)
+        via_tx_thread = self.stack.get_stats(self.tx_port).extra["tx_queued"] - queued0
+        return {"sent": sent, "errors": errors, "elapsed": elapsed, "loop_elapsed": loop_ns / 1e9,
+                "via_tx_thread": via_tx_thread}
 
     def pool_info(self) -> dict:
         return _evlnet_pool_info(self.stack, self.port)

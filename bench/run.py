@@ -509,6 +509,8 @@ class Suite:
             acc["errors"] += r["errors"]
             acc["elapsed"] += r["elapsed"]
             acc["windows"] += 1
+            if "via_tx_thread" in r:
+                acc["via_tx_thread"] = acc.get("via_tx_thread", 0) + r["via_tx_thread"]
 
     @staticmethod
     def _settled(ns, ifname: str) -> int:
@@ -655,6 +657,14 @@ def run_virtual(p: Params, res: Results, workdir: str) -> None:
 
 # ------------------------------------------------------------------------------------------
 
+def _tx_thread_share(res: Results) -> str:
+    """What share of evlnet's TX datagrams its port's TX thread carried (streams hand off)."""
+    e = res.tx.get("evlnet") or {}
+    if not e.get("sent") or "via_tx_thread" not in e:
+        return ""
+    return f"; {e['via_tx_thread'] / e['sent']:.0%} of them through its port's TX thread"
+
+
 def describe(p: Params, res: Results) -> None:
     """The measuring conditions, printed under the table."""
     res.notes += [
@@ -670,7 +680,7 @@ def describe(p: Params, res: Results) -> None:
         f"TX: {p.rounds} x {p.window_s:g} s per path (scapy: sendp count={p.scapy_tx}); counted "
         "by the peer veth's rx_packets; the peer drops them in a never-read kernel UDP socket "
         "(kernel, evlnet) or, with no address, at IP (raw, scapy). evlnet's window ends when its "
-        "TX pool is full again.",
+        "TX pool is full again" + _tx_thread_share(res) + ".",
         f"alloc: tracemalloc growth (all threads) over {p.alloc_round_trips:,} round trips after "
         f"{p.alloc_warmup:,}, divided by the packets the client handled (2 per round trip).",
         "RSS: VmRSS of the server (B) process after all parts; pools = (skb_total + "

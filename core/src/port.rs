@@ -11,7 +11,7 @@
 //! processing themselves while the RX thread parks (Linux's prefer-busy-poll).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -34,6 +34,14 @@ use crate::timestamps::monotonic_ns;
 pub const RX_BATCH: usize = 64;
 /// How often an idle RX thread wakes for housekeeping (reassembly expiry), in ns.
 pub const RX_TICK_NS: u64 = 250_000_000;
+/// A run-to-completion sender that comes back within this long of its previous transmit is
+/// sending back to back (a request/response peer comes back an RTT later, 5 µs at the least).
+pub const STREAM_GAP_NS: u64 = 3_000;
+/// Back-to-back transmits in a row after which a stream's frames go to the TX thread.
+pub const STREAM_MIN_FRAMES: u32 = 8;
+/// How long the TX thread keeps polling an emptied qdisc before it sleeps: a stream's next
+/// frame comes in about a microsecond, a doorbell wake-up costs tens on an idle VM.
+pub const TX_POLL_NS: u64 = 20_000;
 
 /// An errno value.
 pub type Errno = i32;
@@ -52,6 +60,9 @@ pub struct PortConfig {
     pub busy_poll_defer_ns: u64,
     /// Run-to-completion TX from the sender's thread when the FIFO is empty.
     pub tx_direct: bool,
+    /// With `tx_direct`: a sender streaming back to back hands its frames to the TX thread,
+    /// which transmits on another CPU while the sender builds the next (see `Port::transmit`).
+    pub tx_stream_handoff: bool,
 }
 
 /// A frame on its way out, with whom to tell when it left.
@@ -107,6 +118,14 @@ pub struct Port {
     rx_park: Doorbell,
     busy_poll_defer_ns: u64,
     tx_direct: bool,
+    tx_stream_handoff: bool,
+    /// CLOCK_MONOTONIC ns when the last run-to-completion transmit ended.
+    last_direct_ns: AtomicU64,
+    /// Run-to-completion transmits in a row, each within `STREAM_GAP_NS` of the previous one.
+    direct_streak: AtomicU32,
+    /// The TX thread is awake (draining the qdisc, or polling it for `TX_POLL_NS` after):
+    /// senders hand it their frames rather than transmit themselves.
+    tx_awake: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Kernel thread ids of the RX and TX threads (for the real-time levers), 0 until started.
     rx_tid: AtomicI32,
@@ -162,6 +181,10 @@ impl Port {
             rx_park: Doorbell::default(),
             busy_poll_defer_ns: cfg.busy_poll_defer_ns,
             tx_direct: cfg.tx_direct && qdisc_bypass,
+            tx_stream_handoff: cfg.tx_stream_handoff,
+            last_direct_ns: AtomicU64::new(0),
+            direct_streak: AtomicU32::new(0),
+            tx_awake: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             rx_tid: AtomicI32::new(0),
             tx_tid: AtomicI32::new(0),
@@ -231,7 +254,14 @@ impl Port {
 
     // -- TX -------------------------------------------------------------------------------------
 
-    /// Hand a built frame to the qdisc (or straight to the device when the FIFO is empty).
+    /// Hand a built frame to the qdisc, or straight to the device from the caller's thread
+    /// when the FIFO is empty and the device idle (Linux's qdisc bypass, run to completion).
+    ///
+    /// Except for streams: a sender that keeps coming back within `STREAM_GAP_NS` of its
+    /// previous transmit (`STREAM_MIN_FRAMES` times in a row), or any sender while the TX
+    /// thread is awake, enqueues instead. The TX thread then makes the device calls on another
+    /// CPU while the sender builds its next frame: a pipeline for streams, run to completion
+    /// (no thread hand-off, no wake-up) for requests and periodic traffic.
     pub fn transmit(&self, mut item: TxItem) -> Result<(), Errno> {
         if !self.enabled() || !self.link_up() {
             PortCounters::bump(&self.counters.tx_dropped_down);
@@ -240,10 +270,11 @@ impl Port {
         if item.tsflags & (TS_TX | TS_QUEUING) == TS_TX | TS_QUEUING {
             item.buf.times.queuing = monotonic_ns();
         }
-        if self.tx_direct && self.qdisc.is_empty() {
+        if self.tx_direct && self.qdisc.is_empty() && !self.hand_off_stream() {
             if let Ok(_guard) = self.tx_lock.try_lock() {
                 self.xmit(item);
                 drop(_guard);
+                self.last_direct_ns.store(monotonic_ns(), Relaxed);
                 if !self.qdisc.is_empty() {
                     self.tx_bell.ring();
                 }
@@ -256,6 +287,28 @@ impl Port {
         }
         self.tx_bell.ring();
         Ok(())
+    }
+
+    /// Whether this transmit belongs to a stream that the TX thread should carry (see
+    /// `transmit`). Counts the streak: call once per transmit.
+    fn hand_off_stream(&self) -> bool {
+        if !self.tx_stream_handoff {
+            return false;
+        }
+        if self.tx_awake.load(Acquire) {
+            return true;
+        }
+        let since_last = monotonic_ns().saturating_sub(self.last_direct_ns.load(Relaxed));
+        if since_last > STREAM_GAP_NS {
+            self.direct_streak.store(0, Relaxed);
+            return false;
+        }
+        if self.direct_streak.fetch_add(1, Relaxed) + 1 < STREAM_MIN_FRAMES {
+            return false;
+        }
+        // the TX thread takes over; once it sleeps again, a stream has to show itself anew
+        self.direct_streak.store(0, Relaxed);
+        true
     }
 
     fn xmit(&self, mut item: TxItem) {
@@ -287,20 +340,43 @@ impl Port {
         self.tx_tid.store(gettid(), Release);
         loop {
             if !self.qdisc.is_empty() {
-                // The device first, then the frames: while a sender holds the device, frames
-                // wait in the qdisc (where they are counted), and order is kept.
-                let _g = self.tx_lock.lock().unwrap_or_else(|e| e.into_inner());
-                while let Some(item) = self.qdisc.dequeue() {
-                    self.tx_busy.store(true, Release);
-                    self.xmit(item);
+                self.tx_awake.store(true, Release);
+                {
+                    // The device first, then the frames: while a sender holds the device,
+                    // frames wait in the qdisc (where they are counted), and order is kept.
+                    let _g = self.tx_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    while let Some(item) = self.qdisc.dequeue() {
+                        self.tx_busy.store(true, Release);
+                        PortCounters::bump(&self.counters.tx_queued);
+                        self.xmit(item);
+                    }
+                }
+                if self.tx_stream_handoff && self.poll_qdisc(TX_POLL_NS) {
+                    continue; // more of the stream: no sleep, no doorbell
                 }
             }
+            self.tx_awake.store(false, Release);
             self.tx_busy.store(false, Release);
             if !self.running.load(Acquire) {
                 return;
             }
             self.tx_bell.wait(Some(RX_TICK_NS));
         }
+    }
+
+    /// Poll the qdisc for up to `ns`: true as soon as a frame is queued.
+    fn poll_qdisc(&self, ns: u64) -> bool {
+        let end = monotonic_ns() + ns;
+        while self.running.load(Relaxed) {
+            if !self.qdisc.is_empty() {
+                return true;
+            }
+            if monotonic_ns() >= end {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        false
     }
 
     // -- RX -------------------------------------------------------------------------------------
@@ -385,9 +461,16 @@ impl Port {
         self.rx_thread_parked.load(Acquire)
     }
 
-    /// Whether a transmit now would go straight to the device from the caller's thread.
+    /// Whether a transmit now would go straight to the device from the caller's thread (a
+    /// guess for the caller's GIL: a stream may still be handed to the TX thread).
     pub fn would_transmit_directly(&self) -> bool {
-        self.tx_direct && self.qdisc.is_empty()
+        self.tx_direct && self.qdisc.is_empty() && !self.tx_awake.load(Acquire)
+    }
+
+    /// Whether the TX thread is awake and carrying frames (a sender out of TX buffers gets one
+    /// back within a device transmit: worth spinning for rather than sleeping).
+    pub fn tx_thread_awake(&self) -> bool {
+        self.tx_awake.load(Acquire)
     }
 
     /// Frames waiting in the qdisc.

@@ -141,6 +141,7 @@ counters!(
     tx_errors,
     tx_dropped_down,
     tx_qdisc_drops,
+    tx_queued,
     icmp_echo_replies,
     arp_replies,
     rx_reasm_held,

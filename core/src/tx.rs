@@ -46,6 +46,17 @@ pub type Xmit<'a> = dyn FnMut(TxItem) -> Result<(), Errno> + 'a;
 /// Build and queue `d` on `port`; `get_buf` provides TX buffers (taking from the pool, waiting
 /// if allowed), `xmit` hands each frame to the port. Returns the payload bytes sent.
 /// A fragmented datagram is all or nothing: its buffers are reserved before the first leaves.
+/// The socket a frame's TX timestamp record goes to: only when TX stamping is on, so that a
+/// frame handed to the TX thread does not carry (and make two CPUs share) the socket's
+/// reference count for nothing.
+pub(crate) fn tx_record_sock(
+    sock: Option<&Arc<SocketCore>>,
+    tsflags: u32,
+) -> Option<Arc<SocketCore>> {
+    sock.filter(|_| tsflags & crate::socket::TS_TX != 0)
+        .cloned()
+}
+
 pub fn send_udp<E>(
     port: &Port,
     sock: Option<&Arc<SocketCore>>,
@@ -85,7 +96,7 @@ pub fn send_udp<E>(
         buf.times.delivery = d.delivery_time;
         let item = TxItem {
             buf,
-            sock: sock.cloned(),
+            sock: tx_record_sock(sock, d.tsflags),
             tsflags: d.tsflags,
         };
         xmit(item).map_err(SendError::Errno)?;
@@ -152,7 +163,11 @@ fn send_fragments<E>(
         let last = !frag.more;
         let item = TxItem {
             buf,
-            sock: if last { sock.cloned() } else { None },
+            sock: if last {
+                tx_record_sock(sock, d.tsflags)
+            } else {
+                None
+            },
             tsflags: if last { d.tsflags } else { 0 },
         };
         xmit(item).map_err(SendError::Errno)?;

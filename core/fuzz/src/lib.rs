@@ -606,6 +606,8 @@ pub fn port_config(
         ipfrag_time_ns,
         busy_poll_defer_ns: 0,
         tx_direct,
+        // deterministic: a reply leaves on the thread that made it, never on the TX thread
+        tx_stream_handoff: false,
     }
 }
 

@@ -26,7 +26,7 @@ impl PyPort {
     #[new]
     #[pyo3(signature = (stack, id, name, device, poolsz, bufsz, rx_poolsz, qdisc="oob_fifo",
                         reasm_poolsz=16, ipfrag_max_datagrams=64, ipfrag_time=30.0,
-                        busy_poll_defer_us=2000, tx_direct=true))]
+                        busy_poll_defer_us=2000, tx_direct=true, tx_stream_handoff=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         stack: PyRef<'_, PyStack>,
@@ -42,6 +42,7 @@ impl PyPort {
         ipfrag_time: f64,
         busy_poll_defer_us: u64,
         tx_direct: bool,
+        tx_stream_handoff: bool,
     ) -> PyResult<Self> {
         let cfg = PortConfig {
             poolsz,
@@ -53,6 +54,7 @@ impl PyPort {
             ipfrag_time_ns: (ipfrag_time * 1e9) as u64,
             busy_poll_defer_ns: busy_poll_defer_us * 1000,
             tx_direct,
+            tx_stream_handoff,
         };
         let dev = device_of(device)?;
         let port = Port::start(Arc::clone(&stack.core), id, name, dev, &cfg)
@@ -157,7 +159,7 @@ impl PyPort {
         buf.times.delivery = delivery_time;
         let item = TxItem {
             buf,
-            sock: sock.map(|s| Arc::clone(&s.core)),
+            sock: crate::tx::tx_record_sock(sock.as_ref().map(|s| &s.core), tsflags),
             tsflags,
         };
         transmit(py, port, item).map_err(|e| oserr(e, "transmit"))?;
@@ -324,13 +326,16 @@ pub(super) fn transmit(py: Python<'_>, port: &Arc<Port>, item: TxItem) -> Result
     }
 }
 
-/// A TX buffer: at once with the GIL held, or waiting for one with the GIL released.
+/// A TX buffer: at once with the GIL held, or waiting for one with the GIL released (spinning
+/// first while the TX thread is carrying a stream: it gives a buffer back every transmit).
 pub(super) fn take_buffer(
     py: Python<'_>,
     port: &Arc<Port>,
     nonblock: bool,
     deadline_ns: Option<u64>,
 ) -> PyResult<PacketBuf> {
+    /// How long a sender spins for a buffer the busy TX thread is about to give back.
+    const TX_BUFFER_SPIN_NS: u64 = 50_000;
     if let Some(b) = port.take_tx_now() {
         return Ok(b);
     }
@@ -338,7 +343,12 @@ pub(super) fn take_buffer(
         return Err(oserr(libc::EWOULDBLOCK, "TX pool is empty"));
     }
     let pool = Arc::clone(&port.tx_pool);
-    py.detach(move || pool.take_wait(deadline_ns))
+    let spin_ns = if port.tx_thread_awake() {
+        TX_BUFFER_SPIN_NS
+    } else {
+        0
+    };
+    py.detach(move || pool.take_spin_wait(spin_ns, deadline_ns))
         .map_err(|e| match e {
             crate::pool::TakeError::TimedOut => oserr(libc::ETIMEDOUT, "no free TX buffer"),
             crate::pool::TakeError::Closed => oserr(libc::ENETDOWN, "port was disabled"),

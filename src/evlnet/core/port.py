@@ -85,7 +85,7 @@ class Port:
         self.core = _core.Port(
             stack.core, port_id, self.name, self.device.core_device, poolsz, bufsz, rx_poolsz,
             st.qdisc, st.reasm_poolsz, st.ipfrag_max_datagrams, st.ipfrag_time,
-            st.busy_poll_defer_us, st.tx_direct)
+            st.busy_poll_defer_us, bool(st.tx_direct), bool(st.tx_stream_handoff))
         self.qdisc = QdiscView(self)
         self.tx_pool = PoolView(self, "tx")
         self.rx_pool = PoolView(self, "rx")

@@ -72,6 +72,10 @@ class StackSettings:
     accept_multicast: bool = False
     #: Run-to-completion TX: a sender transmits in its own thread when the FIFO is empty.
     tx_direct: bool = True
+    #: With ``tx_direct``: a sender streaming datagrams back to back (8 in a row, each within
+    #: 3 µs of the last) hands them to the port's TX thread, which transmits on another CPU
+    #: while the sender builds the next; requests and periodic traffic stay run-to-completion.
+    tx_stream_handoff: bool = True
     #: Busy polling for receivers, in µs (Linux SO_BUSY_POLL; per socket with SO_BUSY_POLL):
     #: a blocked oob_recvmsg polls the ports from its own thread this long before sleeping.
     busy_poll_us: int = 0

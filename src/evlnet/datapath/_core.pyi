@@ -296,6 +296,7 @@ class Port:
         rx_poolsz: int, qdisc: str = "oob_fifo", reasm_poolsz: int = 16,
         ipfrag_max_datagrams: int = 64, ipfrag_time: float = 30.0,
         busy_poll_defer_us: int = 2000, tx_direct: bool = True,
+        tx_stream_handoff: bool = True,
     ) -> Port:
         """Enable port *id* on *device* and add it to *stack* (EINVAL: not a core device)."""
 
