@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import struct
 import time
+from socket import MSG_DONTWAIT
 
 from _frames import PAYLOAD_OFF
 
 now_ns = time.perf_counter_ns      # CLOCK_MONOTONIC on Linux
 SEQ = struct.Struct("<Q")
-#: The sequence number of evlnet's chunk-end probe: no echo comes back; it tells the echo to stop
-#: busy polling at once, so that it never spins while the other paths' chunks run.
+#: The sequence number of the chunk-end probe (evlnet and raw): no echo comes back; it tells the
+#: echo to stop busy polling at once, so that it never spins while the other paths' chunks run.
 CHUNK_END = (1 << 64) - 1
 BATCH = 64
 #: a reply later than this counts as lost
@@ -96,13 +97,16 @@ def evlnet_rtt(sock, peer, payload: bytearray, rbuf: bytearray, samples, n: int,
 
 def raw_rtt(sock, frame: bytearray, rbuf: bytearray, samples, n: int, seq: int,
             deadline_ns: int) -> tuple[int, int, int]:
-    """*sock*: AF_PACKET socket whose BPF filter passes only the echoes; SO_RCVTIMEO set."""
+    """*sock*: AF_PACKET socket whose BPF filter passes only the echoes. Busy polls
+    (``MSG_DONTWAIT`` receives in a loop) as evlnet's client does: Python's own floor."""
     send = sock.send
     recv = sock.recv_into
     pack = SEQ.pack_into
     unpack = SEQ.unpack_from
     now = now_ns
     off = PAYLOAD_OFF
+    dontwait = MSG_DONTWAIT
+    timeout_ns = int(RTT_TIMEOUT * 1e9)
     got = lost = 0
     for _ in range(n):
         seq += 1
@@ -111,16 +115,20 @@ def raw_rtt(sock, frame: bytearray, rbuf: bytearray, samples, n: int, seq: int,
         send(frame)
         while True:
             try:
-                recv(rbuf)
-            except (BlockingIOError, TimeoutError):
-                lost += 1
-                break
+                recv(rbuf, 0, dontwait)
+            except BlockingIOError:
+                if now() - t0 > timeout_ns:
+                    lost += 1
+                    break
+                continue
             if unpack(rbuf, off)[0] == seq:
                 samples[got] = now() - t0
                 got += 1
                 break
         if t0 > deadline_ns:
             break
+    pack(frame, off, CHUNK_END)
+    send(frame)
     return got, lost, seq
 
 
@@ -300,22 +308,37 @@ def evlnet_echo(sock, stop) -> int:
 
 
 def raw_echo(sock, stop) -> int:
-    """AF_PACKET socket with a BPF filter passing only the probes; swaps MACs/IPs/ports."""
+    """AF_PACKET socket with a BPF filter passing only the probes (``SO_RCVTIMEO`` set); swaps
+    MACs/IPs/ports. Busy polls while traffic flows, as evlnet's echo does, and waits in a
+    blocking receive after the client's chunk-end probe or an idle ``RTT_TIMEOUT``."""
     from _frames import swap_udp_reply
     buf = bytearray(2048)
     mv = memoryview(buf)
     recv = sock.recv_into
     send = sock.send
+    unpack = SEQ.unpack_from
+    off = PAYLOAD_OFF
+    now = now_ns
+    idle_ns = int(RTT_TIMEOUT * 1e9)
+    spinning = False
+    last = 0
     n_echoed = 0
     while not stop.is_set():
         try:
-            n = recv(buf)
+            n = recv(buf, 0, MSG_DONTWAIT) if spinning else recv(buf)
         except (BlockingIOError, TimeoutError):
+            if spinning and now() - last > idle_ns:
+                spinning = False
             continue
         except OSError:
             if stop.is_set():
                 break
             raise
+        if n >= off + SEQ.size and unpack(buf, off)[0] == CHUNK_END:
+            spinning = False
+            continue
+        spinning = True
+        last = now()
         swap_udp_reply(buf, n)
         send(mv[:n])
         n_echoed += 1

@@ -181,6 +181,14 @@ def build_rows(res: Results) -> tuple[list[list[str]], list[str]]:
             p50 = {i: rtt_value(data[i], 50.0) for i in ("evlnet", "floor") if i in data}
             add("evlnet p50 / floor p50", part, p50, fmt_us, "le", TARGET_FLOOR,
                 f"<= {TARGET_FLOOR}x", measured=("evlnet", "floor"), versus="floor")
+            # for reading that one: Python's own floor, a busy-polling raw AF_PACKET echo and
+            # client with no stack (no target: what Python costs, not what the stack costs)
+            raw50 = {i: rtt_value(data[i], 50.0) for i in ("evlnet", "raw") if i in data}
+            e50, r50 = raw50.get("evlnet"), raw50.get("raw")
+            rows.append(["evlnet p50 / raw p50 (Python, no stack)",
+                         cell(part, "evlnet", e50, fmt_us), "-",
+                         f"{e50 / r50:.2f}x" if e50 is not None and r50 else "n/a", "", "",
+                         cell(part, "raw", r50, fmt_us), "-", "-"])
 
     add("RX delivered (dgram/s)", "rx", {i: _rate(res.rx.get(i), "received") for i in IMPLS},
         fmt_rate, "ge", TARGET_RATE, f">= {TARGET_RATE}x")
