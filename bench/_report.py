@@ -389,5 +389,5 @@ def write_results(res: Results, outdir: Path, command: str) -> tuple[Path, Path 
 
 def format_params(p: dict) -> str:
     keys = ("mode", "round_trips", "chunk", "warmup", "window_s", "rounds", "alloc_round_trips",
-            "burner_cpu", "trafgen_cpu", "rx_cpus", "evlnet_opts")
+            "burner_cpu", "trafgen_cpu", "rx_cpus", "evlnet_opts", "cpu_latency_us")
     return ", ".join(f"{k}={p[k]}" for k in keys if k in p)

@@ -88,6 +88,9 @@ class Params:
     rx_cpus: list | None = None
     skip: list = field(default_factory=list)
     virtual: bool = False
+    #: CPU wake-up latency request held for the whole run (µs), None: the machine's own
+    cpu_latency_us: int | None = 0
+    cpu_latency: str = ""
 
 
 #: evlnet's low-latency configuration: receivers busy-poll the port (SO_BUSY_POLL) for up to 0.1 s
@@ -149,6 +152,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
                     "(default: bench/)")
     ap.add_argument("--json", type=Path, help="also dump every figure (and histograms) as JSON")
     ap.add_argument("--keep-logs", action="store_true", help="keep the worker logs directory")
+    ap.add_argument("--cpu-latency", type=int, default=0, metavar="US",
+                    help="hold a PM QoS CPU wake-up latency of US microseconds for the whole "
+                    "run, for every path alike (default 0: idle CPUs poll, as a real-time system "
+                    "is set up; -1 leaves the machine's idle states alone)")
     args = ap.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     n, chunk, warm, win, rounds, alloc, alloc_w, s_rtt, s_tx, virt = PRESETS[mode]
@@ -185,6 +192,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
         p.trafgen_cpu, p.rx_cpus = cpus[0], cpus[1:]
     p.virtual = args.virtual
     p.virtual_round_trips = min(p.virtual_round_trips, p.round_trips)
+    p.cpu_latency_us = None if args.cpu_latency < 0 else args.cpu_latency
     return args, p
 
 
@@ -697,6 +705,13 @@ def describe(p: Params, res: Results) -> None:
             "otherwise.")
     if p.evlnet_opts:
         res.notes.append(f"evlnet options: {p.evlnet_opts}")
+    if p.cpu_latency_us is None:
+        res.notes.append("CPU idle states: the machine's own (--cpu-latency -1): a blocking "
+                         "receiver may wait for a halted CPU to wake.")
+    else:
+        res.notes.append(f"CPU wake-up latency request (/dev/cpu_dma_latency) of "
+                         f"{p.cpu_latency_us} us held for the whole run, all paths alike: "
+                         f"{p.cpu_latency}.")
     a = res.alloc.get("evlnet") or {}
     if a.get("bytes_per_packet") and round(a["bytes_per_packet"]) > 0 and a.get("top"):
         res.notes.append("evlnet steady-state allocations, top sites: " + "; ".join(a["top"][:3]))
@@ -734,6 +749,10 @@ def main(argv: list[str] | None = None) -> int:
     if p.mode == "smoke":
         from _harness import Worker
         Worker.timeout_cap = SMOKE_TIMEOUT_CAP
+    from evlnet.core import realtime
+    if p.cpu_latency_us is not None:
+        # system-wide while held: every path's processes and the kernel's own wake-ups alike
+        p.cpu_latency = realtime.hold_cpu_latency(p.cpu_latency_us)
     res = Results(params={k: v for k, v in asdict(p).items()})
     workdir = tempfile.mkdtemp(prefix="evlnet-bench-")
     t0 = time.monotonic()
@@ -770,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench interrupted (namespaces and processes cleaned up)", file=sys.stderr)
         raise
     finally:
+        realtime.release_cpu_latency()
         signal.signal(signal.SIGTERM, old_term)
         if args.keep_logs or failed or _logs_show_errors(workdir):
             print(f"worker logs: {workdir}", file=sys.stderr)

@@ -47,3 +47,32 @@ def test_port_threads_take_affinity_and_report_refusals(pair):
     sa, sb = pair.solicited_pair()                     # the port still works
     sa.oob_sendmsg([b"after"], address=("192.0.2.2", 6000))
     assert sb.oob_recvmsg(100, timeout=5)[0] == b"after"
+
+
+def test_cpu_latency_request_is_held_until_released(tmp_path):
+    # a stand-in for /dev/cpu_dma_latency (a regular file records what was written)
+    dev = tmp_path / "cpu_dma_latency"
+    dev.write_bytes(b"")
+    try:
+        assert realtime.hold_cpu_latency(0, str(dev)) == "ok: 0 us"
+        assert realtime.cpu_latency_held()
+        assert dev.read_bytes() == (0).to_bytes(4, sys.byteorder)
+    finally:
+        realtime.release_cpu_latency()
+    assert not realtime.cpu_latency_held()
+    assert realtime.hold_cpu_latency(-1, str(dev)).startswith("refused:")
+    assert realtime.hold_cpu_latency(0, str(tmp_path / "missing")).startswith("refused:")
+    assert not realtime.cpu_latency_held()
+
+
+def test_cpu_latency_lever_on_the_real_device():
+    from evlnet.testing import require_root
+    require_root()
+    report = realtime.apply(freeze_gc=False, cpu_latency_us=0)
+    try:
+        assert report["cpu_latency"] == "ok: 0 us", report
+        # reading the device gives the constraint the kernel now applies to every CPU
+        with open(realtime.CPU_DMA_LATENCY, "rb") as f:
+            assert int.from_bytes(f.read(4), sys.byteorder, signed=True) == 0
+    finally:
+        realtime.release_cpu_latency()
