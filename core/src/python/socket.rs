@@ -209,9 +209,9 @@ impl PySocket {
                         return WaitEnd::Ready;
                     }
                 }
-                // only on devices the oob threads drive themselves (the virtual link): on
-                // AF_PACKET it cost RX throughput under a flood (bench/ANALYSIS.md)
-                if in_device && ports.len() == 1 && ports[0].device.oob_capable() {
+                // with one port, the only device a datagram can come from (bench/ANALYSIS.md:
+                // one thread wake-up per datagram instead of two)
+                if in_device && ports.len() == 1 {
                     return wait_in_device(&core, &ports[0], deadline_ns);
                 }
                 core.wait(deadline_ns)
@@ -234,6 +234,11 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>) -> W
     let end = loop {
         if !core.is_empty() || core.error() != 0 {
             break WaitEnd::Ready;
+        }
+        if !port.enabled() {
+            // the port is going away: nothing more comes from its device
+            port.busy_poll_exit();
+            return core.wait(deadline_ns);
         }
         let now = monotonic_ns();
         let slice = match deadline_ns {

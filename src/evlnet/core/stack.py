@@ -80,9 +80,8 @@ class StackSettings:
     #: a blocked oob_recvmsg polls the ports from its own thread this long before sleeping.
     busy_poll_us: int = 0
     #: A blocked receiver waits in its port's device and processes frames itself (the RX thread
-    #: parked meanwhile): one thread wake-up per datagram instead of two. Only with one port
-    #: on an oob-capable device (the virtual link; on AF_PACKET it cost RX throughput under a
-    #: flood); otherwise the receiver waits on its socket and the RX threads deliver.
+    #: parked meanwhile): one thread wake-up per datagram instead of two. Only while the stack
+    #: has one port; otherwise the receiver waits on its socket and the RX threads deliver.
     rx_wait_in_device: bool = True
     #: How long a port's RX thread stays parked after the last busy poller left, in µs.
     busy_poll_defer_us: int = 2000
