@@ -110,8 +110,18 @@ pub struct Port {
     tx_lock: Mutex<()>,
     /// One consumer of the device at a time (RX thread or busy poller): frames stay in order.
     rx_lock: Mutex<()>,
+    /// Receivers consuming the device themselves (spinning or waiting in it): the RX thread
+    /// parks while there is one.
     busy_pollers: AtomicUsize,
+    /// Of those, the ones spinning (SO_BUSY_POLL): a receiver waiting in the device steps back
+    /// for them, as the RX thread does.
+    spinners: AtomicUsize,
+    /// Of those, the ones blocked in the device (`rx_wait_in_device`).
+    device_waiters: AtomicUsize,
     last_poll_exit: AtomicU64,
+    /// When a spinner last left (it comes back at its next receive: a spinning receiver is
+    /// registered only while it spins).
+    last_spin_exit: AtomicU64,
     /// Test hook: the RX thread parks while set, so only busy pollers consume frames.
     rx_thread_paused: AtomicBool,
     rx_thread_parked: AtomicBool,
@@ -175,7 +185,10 @@ impl Port {
             tx_lock: Mutex::new(()),
             rx_lock: Mutex::new(()),
             busy_pollers: AtomicUsize::new(0),
+            spinners: AtomicUsize::new(0),
+            device_waiters: AtomicUsize::new(0),
             last_poll_exit: AtomicU64::new(0),
+            last_spin_exit: AtomicU64::new(0),
             rx_thread_paused: AtomicBool::new(false),
             rx_thread_parked: AtomicBool::new(false),
             rx_park: Doorbell::default(),
@@ -508,13 +521,50 @@ impl Port {
         )
     }
 
-    pub fn busy_poll_enter(&self) {
+    fn busy_poll_enter(&self) {
         self.busy_pollers.fetch_add(1, AcqRel);
     }
 
-    pub fn busy_poll_exit(&self) {
+    fn busy_poll_exit(&self) {
         self.busy_pollers.fetch_sub(1, AcqRel);
         self.last_poll_exit.store(monotonic_ns(), Release);
+    }
+
+    /// A receiver starts busy polling the port (`poll_rx` in a loop): the RX thread parks, and
+    /// a receiver blocked in the device is woken to step back (one consumer delivers at the
+    /// pace of the one that spins; two on one CPU would fill the socket queues and drop).
+    pub fn spin_enter(&self) {
+        self.spinners.fetch_add(1, AcqRel);
+        self.busy_poll_enter();
+        if self.device_waiters.load(Acquire) > 0 {
+            self.device.wake();
+        }
+    }
+
+    pub fn spin_exit(&self) {
+        self.last_spin_exit.store(monotonic_ns(), Release);
+        self.spinners.fetch_sub(1, AcqRel);
+        self.busy_poll_exit();
+    }
+
+    /// Whether a receiver busy-polls the port: spinning now, or (unless the caller is the one
+    /// that spun last) within the busy-poll defer time of the last spin: between two receives
+    /// a spinner runs Python, unregistered.
+    pub fn spinning(&self, now: u64, caller_spun_last: bool) -> bool {
+        self.spinners.load(Acquire) > 0
+            || (!caller_spun_last
+                && now.saturating_sub(self.last_spin_exit.load(Acquire)) < self.busy_poll_defer_ns)
+    }
+
+    /// A receiver blocks in the device (`wait_rx`): the RX thread parks meanwhile.
+    pub fn device_wait_enter(&self) {
+        self.device_waiters.fetch_add(1, AcqRel);
+        self.busy_poll_enter();
+    }
+
+    pub fn device_wait_exit(&self) {
+        self.device_waiters.fetch_sub(1, AcqRel);
+        self.busy_poll_exit();
     }
 
     /// Hand a frame up to the in-band stage (custom protocols, ARP learning).

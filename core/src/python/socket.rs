@@ -195,7 +195,7 @@ impl PySocket {
                     // their RX threads park meanwhile; registered only while spinning, so a
                     // receiver that goes to sleep never keeps an RX thread parked.
                     for p in &ports {
-                        p.busy_poll_enter();
+                        p.spin_enter();
                     }
                     let got = core.spin(deadline_ns, busy_poll_us * 1000, &mut || {
                         for p in &ports {
@@ -203,7 +203,7 @@ impl PySocket {
                         }
                     });
                     for p in &ports {
-                        p.busy_poll_exit();
+                        p.spin_exit();
                     }
                     if got {
                         return WaitEnd::Ready;
@@ -212,7 +212,8 @@ impl PySocket {
                 // with one port, the only device a datagram can come from (bench/ANALYSIS.md:
                 // one thread wake-up per datagram instead of two)
                 if in_device && ports.len() == 1 {
-                    return wait_in_device(&core, &ports[0], deadline_ns);
+                    let spun = busy_poll_us > 0;
+                    return wait_in_device(&core, &ports[0], deadline_ns, spun);
                 }
                 core.wait(deadline_ns)
             });
@@ -227,17 +228,24 @@ impl PySocket {
 /// A blocked receiver waits in the port's device itself and runs the RX processing when a frame
 /// comes (the RX thread parks meanwhile, as for busy polling): one thread wake-up per datagram
 /// instead of two (RX thread, then receiver). When another consumer holds the device, it waits
-/// on its socket briefly and tries again.
-fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>) -> WaitEnd {
+/// on its socket briefly and tries again; while another receiver busy-polls the port, it leaves
+/// the device to that one and waits on its socket (two consumers would race on one CPU).
+///
+/// `spun`: this receiver busy-polled just before (its budget ran out): it does not step back for
+/// its own spinning.
+fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>, spun: bool) -> WaitEnd {
     const SLICE_NS: u64 = 100_000_000;
-    port.busy_poll_enter();
+    /// How long a receiver that stepped back for a spinning one waits on its socket before it
+    /// looks again (the spinner may have left meanwhile).
+    const STEP_BACK_NS: u64 = 200_000;
+    port.device_wait_enter();
     let end = loop {
         if !core.is_empty() || core.error() != 0 {
             break WaitEnd::Ready;
         }
         if !port.enabled() {
             // the port is going away: nothing more comes from its device
-            port.busy_poll_exit();
+            port.device_wait_exit();
             return core.wait(deadline_ns);
         }
         let now = monotonic_ns();
@@ -246,6 +254,10 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>) -> W
             Some(d) => (d - now).min(SLICE_NS),
             None => SLICE_NS,
         };
+        if port.spinning(now, spun) {
+            core.wait(Some(now + STEP_BACK_NS.min(slice)));
+            continue;
+        }
         if port.wait_rx(slice).is_none() {
             // the RX thread (or another receiver) holds the device: make the RX thread notice
             // that a receiver now waits, and take what it delivers meanwhile
@@ -253,7 +265,7 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>) -> W
             core.wait(Some(monotonic_ns() + 1_000_000.min(slice)));
         }
     };
-    port.busy_poll_exit();
+    port.device_wait_exit();
     end
 }
 

@@ -1,0 +1,78 @@
+//! Receivers that consume a port's device themselves: a spinning one (SO_BUSY_POLL) and one
+//! blocked in the device (`rx_wait_in_device`). When both are there, the blocked one leaves the
+//! device to the spinner: two consumers on one CPU would fill the socket queues faster than
+//! the spinning application drains them (the bench's RX flood lost half its datagrams so).
+
+#[allow(dead_code)]
+#[path = "../fuzz/src/lib.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use _core::timestamps::monotonic_ns;
+use harness::*;
+
+const DEFER_NS: u64 = 50_000_000;
+
+fn rig() -> Rig {
+    let mut cfg = port_config(16, 64, 1_000_000_000, true);
+    cfg.busy_poll_defer_ns = DEFER_NS;
+    Rig::new(&cfg)
+}
+
+#[test]
+fn a_receiver_blocked_in_the_device_is_woken_when_a_spinner_arrives() {
+    let rig = rig();
+    let port = &rig.port;
+    // the RX thread out of the way (it would hold the device otherwise)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !port.pause_rx_thread(true) {
+        assert!(Instant::now() < deadline, "the RX thread never parked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // parking rang the device's wake-up; a short wait takes it, so the next one blocks
+    assert_eq!(port.wait_rx(1_000_000), Some(0));
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            port.device_wait_enter();
+            let t0 = Instant::now();
+            let got = port.wait_rx(5_000_000_000);
+            port.device_wait_exit();
+            (got, t0.elapsed())
+        });
+        // let the waiter block in the device (a frame-less wait of up to 5 s)
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "the waiter did not block");
+        port.spin_enter();
+        let (got, waited) = waiter.join().expect("waiter");
+        port.spin_exit();
+        assert_eq!(got, Some(0), "woken without a frame");
+        assert!(
+            waited < Duration::from_secs(4),
+            "the waiter stayed in the device for {waited:?} after a spinner arrived"
+        );
+    });
+}
+
+#[test]
+fn a_spinner_counts_while_it_spins_and_for_the_defer_time_after() {
+    let rig = rig();
+    let port = &rig.port;
+    assert!(!port.spinning(monotonic_ns(), false));
+    port.spin_enter();
+    assert!(port.spinning(monotonic_ns(), false));
+    assert!(
+        port.spinning(monotonic_ns(), true),
+        "a spinner now counts for everyone"
+    );
+    port.spin_exit();
+    let now = monotonic_ns();
+    // between two receives a spinner runs Python: the others still leave it the device...
+    assert!(port.spinning(now, false));
+    // ...but the receiver that spun last (its budget ran out) takes the device itself
+    assert!(!port.spinning(now, true));
+    assert!(
+        !port.spinning(now + DEFER_NS, false),
+        "the defer time is over"
+    );
+}
