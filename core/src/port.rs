@@ -7,8 +7,10 @@
 //!   timestamp records.
 //!
 //! Neither thread ever touches Python. Senders transmit straight from their own thread when the
-//! FIFO is empty and the device idle (Linux's qdisc bypass); receivers that busy-poll run the RX
-//! processing themselves while the RX thread parks (Linux's prefer-busy-poll).
+//! FIFO is empty and the device idle (Linux's qdisc bypass), except a sender that streams back
+//! to back, whose frames the TX thread carries; receivers that busy-poll, or that block in the
+//! device, run the RX processing themselves while the RX thread parks (Linux's
+//! prefer-busy-poll).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
