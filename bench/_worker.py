@@ -353,11 +353,22 @@ class EvlnetServer(Role):
 
     def op_rx(self, seconds: float, ifname: str, cpus=None) -> dict:
         rbuf = bytearray(2048)
+        before = self._losses()
         with Pinned(cpus):
             c0 = if_counter(ifname)
             count, elapsed = L.evlnet_rx(self.rx, rbuf, seconds)
             c1 = if_counter(ifname)
-        return {"received": count, "elapsed": elapsed / 1e9, "offered": c1 - c0}
+        after = self._losses()
+        return {"received": count, "elapsed": elapsed / 1e9, "offered": c1 - c0,
+                "lost": {k: after[k] - before[k] for k in after if after[k] != before[k]}}
+
+    def _losses(self) -> dict:
+        """The port's counters of frames lost on the way in (where an RX shortfall went)."""
+        st = self.stack.get_stats(self.port)
+        extra = st.extra
+        return {"rx_sock_full": extra.get("rx_sock_full", 0), "rx_nomem": st.rx_nomem,
+                "kernel_drops": extra.get("kernel_drops", 0),
+                "rx_dropped": extra.get("rx_dropped", 0)}
 
     def pool_info(self) -> dict:
         return _evlnet_pool_info(self.stack, self.port)

@@ -477,6 +477,9 @@ class Suite:
             acc["offered"] += r["offered"]
             acc["trafgen_outgoing"] += tg.get("outgoing") or 0
             acc["windows"] += 1
+            for k, v in r.get("lost", {}).items():
+                lost = acc.setdefault("lost", {})
+                lost[k] = lost.get(k, 0) + v
 
     # -- TX ---------------------------------------------------------------------------------
     def tx_phase(self, topo) -> None:

@@ -120,6 +120,9 @@ pub struct Port {
     spinners: AtomicUsize,
     /// Of those, the ones blocked in the device (`rx_wait_in_device`).
     device_waiters: AtomicUsize,
+    /// Receivers blocked on this port's traffic (in its device or on their socket): one waits
+    /// in the device only while it is alone.
+    blocked_receivers: AtomicUsize,
     last_poll_exit: AtomicU64,
     /// When a spinner last left (it comes back at its next receive: a spinning receiver is
     /// registered only while it spins).
@@ -127,6 +130,8 @@ pub struct Port {
     /// Test hook: the RX thread parks while set, so only busy pollers consume frames.
     rx_thread_paused: AtomicBool,
     rx_thread_parked: AtomicBool,
+    /// The RX thread is in the device (holding it for up to `RX_TICK_NS`).
+    rx_thread_receiving: AtomicBool,
     rx_park: Doorbell,
     busy_poll_defer_ns: u64,
     tx_direct: bool,
@@ -189,10 +194,12 @@ impl Port {
             busy_pollers: AtomicUsize::new(0),
             spinners: AtomicUsize::new(0),
             device_waiters: AtomicUsize::new(0),
+            blocked_receivers: AtomicUsize::new(0),
             last_poll_exit: AtomicU64::new(0),
             last_spin_exit: AtomicU64::new(0),
             rx_thread_paused: AtomicBool::new(false),
             rx_thread_parked: AtomicBool::new(false),
+            rx_thread_receiving: AtomicBool::new(false),
             rx_park: Doorbell::default(),
             busy_poll_defer_ns: cfg.busy_poll_defer_ns,
             tx_direct: cfg.tx_direct && qdisc_bypass,
@@ -423,9 +430,11 @@ impl Port {
                     .wait(Some(self.busy_poll_defer_ns.max(1_000_000)));
             } else {
                 let guard = self.rx_lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.rx_thread_receiving.store(true, Release);
                 let res = self.device.receive(RX_BATCH, Some(RX_TICK_NS), &mut |buf| {
                     crate::rx::process(&self, buf);
                 });
+                self.rx_thread_receiving.store(false, Release);
                 drop(guard);
                 if res.is_err() {
                     // device gone or down: let the link state settle
@@ -478,6 +487,12 @@ impl Port {
             self.rx_park.ring();
         }
         self.rx_thread_parked.load(Acquire)
+    }
+
+    /// Whether the RX thread is blocked in the device now (a receiver that wants the device
+    /// wakes it out; another receiver holding it is left alone).
+    pub fn rx_thread_receiving(&self) -> bool {
+        self.rx_thread_receiving.load(Acquire)
     }
 
     /// Test hook: whether the RX thread is parked by `pause_rx_thread`.
@@ -567,6 +582,35 @@ impl Port {
     pub fn device_wait_exit(&self) {
         self.device_waiters.fetch_sub(1, AcqRel);
         self.busy_poll_exit();
+    }
+
+    /// A receiver is about to block on this port's traffic; true when it is the only one, and
+    /// may wait in the device. A receiver in the device consumes every socket's frames: with
+    /// two blocked receivers, the one in the device would fill the other's queue from its own
+    /// CPU faster than that one's application drains it (the bench's RX flood lost 5 % so),
+    /// so the one in the device is woken to step out and both are served by the RX thread.
+    pub fn receiver_blocks(&self) -> bool {
+        let alone = self.blocked_receivers.fetch_add(1, AcqRel) == 0;
+        if !alone && self.device_waiters.load(Acquire) > 0 {
+            self.device.wake();
+        }
+        alone
+    }
+
+    pub fn receiver_unblocks(&self) {
+        self.blocked_receivers.fetch_sub(1, AcqRel);
+    }
+
+    /// Whether exactly one receiver is blocked on this port's traffic.
+    pub fn receiver_alone(&self) -> bool {
+        self.blocked_receivers.load(Acquire) <= 1
+    }
+
+    /// The RX thread takes the device back now, without waiting out the busy-poll defer time
+    /// (a receiver left the device for good).
+    pub fn resume_rx_thread(&self) {
+        self.last_poll_exit.store(0, Release);
+        self.rx_park.ring();
     }
 
     /// Hand a frame up to the in-band stage (custom protocols, ARP learning).

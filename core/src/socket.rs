@@ -11,8 +11,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::ThreadId;
 
+use crate::device::Device;
 use crate::eventfd::EventFd;
 use crate::pool::PacketBuf;
 use crate::timestamps::{monotonic_ns, IoTimes, TxTimestampRing};
@@ -42,6 +44,9 @@ struct State {
     items: VecDeque<PacketBuf>,
     queued_bytes: usize,
     readable: bool,
+    /// A receiver blocked in a port's device (`rx_wait_in_device`), and its thread: what
+    /// another thread queues for this socket (another port's RX thread) wakes that device.
+    device_waiter: Option<(Arc<dyn Device>, ThreadId)>,
 }
 
 /// The core state of one oob socket (shared by SO_REUSEPORT owners of one binding).
@@ -60,6 +65,11 @@ pub struct SocketCore {
     polled: AtomicBool,
     /// Datagrams refused because the queue was over SO_RCVBUF.
     pub drops: AtomicU64,
+    /// `Port::id` + 1 of the port the last popped datagram came from, 0 before the first.
+    last_port: AtomicUsize,
+    /// The registered device waiter is blocked in its device right now (else a push reaches
+    /// it through `cond`, and waking the device would only disturb whoever holds it).
+    in_device: AtomicBool,
 }
 
 /// Why a wait ended without data.
@@ -76,6 +86,7 @@ impl SocketCore {
                 items: VecDeque::with_capacity(64),
                 queued_bytes: 0,
                 readable: false,
+                device_waiter: None,
             }),
             cond: Condvar::new(),
             waiters: AtomicUsize::new(0),
@@ -87,6 +98,8 @@ impl SocketCore {
             ready: EventFd::new()?,
             polled: AtomicBool::new(false),
             drops: AtomicU64::new(0),
+            last_port: AtomicUsize::new(0),
+            in_device: AtomicBool::new(false),
         })
     }
 
@@ -98,6 +111,11 @@ impl SocketCore {
     fn refresh(&self, st: &mut State) {
         if self.waiters.load(Relaxed) > 0 {
             self.cond.notify_all();
+        }
+        if let Some((device, waiter)) = &st.device_waiter {
+            if self.in_device.load(Acquire) && *waiter != std::thread::current().id() {
+                device.wake();
+            }
         }
         if !self.polled.load(Relaxed) {
             return;
@@ -138,10 +156,49 @@ impl SocketCore {
         }
         let mut st = self.lock();
         let buf = st.items.pop_front()?;
+        self.last_port.store(buf.meta.port_id as usize + 1, Relaxed);
         st.queued_bytes -= buf.len() + RX_OVERHEAD;
         self.rx_len.store(st.items.len(), Release);
         self.refresh(&mut st);
         Some(buf)
+    }
+
+    /// The `Port::id` the last popped datagram came from (None before the first).
+    pub fn last_port(&self) -> Option<usize> {
+        self.last_port.load(Relaxed).checked_sub(1)
+    }
+
+    /// The calling thread is about to block in `device` waiting for this socket's datagrams:
+    /// while it is registered, a push, pop, error or purge from any other thread wakes that
+    /// device, so that what another port (or the in-band stage) queues is not missed. False
+    /// when another thread of this socket is registered already (one at a time).
+    pub fn claim_device_wait(&self, device: Arc<dyn Device>) -> bool {
+        let mut st = self.lock();
+        if st.device_waiter.is_some() {
+            return false;
+        }
+        st.device_waiter = Some((device, std::thread::current().id()));
+        true
+    }
+
+    /// The registered device waiter enters (true) or leaves (false) its device. Entering
+    /// takes the lock, so a push that came just before is seen by the waiter's own check and
+    /// one that comes after wakes the device.
+    pub fn set_in_device(&self, inside: bool) {
+        let _st = self.lock();
+        self.in_device.store(inside, Release);
+    }
+
+    /// The calling thread no longer waits in a device (see `claim_device_wait`).
+    pub fn release_device_wait(&self) {
+        let mut st = self.lock();
+        if st
+            .device_waiter
+            .as_ref()
+            .is_some_and(|(_, t)| *t == std::thread::current().id())
+        {
+            st.device_waiter = None;
+        }
     }
 
     /// Datagrams queued.

@@ -76,3 +76,90 @@ fn a_spinner_counts_while_it_spins_and_for_the_defer_time_after() {
         "the defer time is over"
     );
 }
+
+#[test]
+fn a_receiver_in_the_device_is_woken_to_step_out_when_a_second_one_blocks() {
+    let rig = rig();
+    let port = &rig.port;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !port.pause_rx_thread(true) {
+        assert!(Instant::now() < deadline, "the RX thread never parked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(port.wait_rx(1_000_000), Some(0)); // takes the wake-up parking rang
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            assert!(
+                port.receiver_blocks(),
+                "the first blocked receiver is alone"
+            );
+            port.device_wait_enter();
+            let t0 = Instant::now();
+            let got = port.wait_rx(5_000_000_000);
+            port.device_wait_exit();
+            let alone = port.receiver_alone();
+            port.receiver_unblocks();
+            (got, t0.elapsed(), alone)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !first.is_finished(),
+            "the first receiver did not block in the device"
+        );
+        assert!(
+            !port.receiver_blocks(),
+            "a second blocked receiver is not alone"
+        );
+        let (got, waited, alone) = first.join().expect("first receiver");
+        port.receiver_unblocks();
+        assert_eq!(got, Some(0));
+        assert!(waited < Duration::from_secs(4), "not woken: {waited:?}");
+        assert!(!alone, "the woken receiver must see it is no longer alone");
+    });
+    assert!(port.receiver_alone());
+}
+
+#[test]
+fn what_another_thread_queues_wakes_a_receiver_blocked_in_a_device() {
+    // a receiver waits in port A's device for its socket; a datagram comes through another
+    // port (its RX thread queues it): the device wait must end, not last out its slice
+    let rig = rig();
+    let port = &rig.port;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !port.pause_rx_thread(true) {
+        assert!(Instant::now() < deadline, "the RX thread never parked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(port.wait_rx(1_000_000), Some(0)); // takes the wake-up parking rang
+    let sock = &rig.udp;
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            assert!(sock.claim_device_wait(std::sync::Arc::clone(&port.device)));
+            sock.set_in_device(true);
+            let t0 = Instant::now();
+            let got = port.wait_rx(5_000_000_000);
+            sock.set_in_device(false);
+            sock.release_device_wait();
+            (got, t0.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !waiter.is_finished(),
+            "the receiver did not block in the device"
+        );
+        let mut buf = rig.port.rx_pool.take().expect("an RX buffer");
+        assert!(buf.fill(b"from another port"));
+        assert!(sock.push(buf, false).is_ok());
+        let (got, waited) = waiter.join().expect("waiter");
+        assert_eq!(got, Some(0));
+        assert!(waited < Duration::from_secs(4), "not woken: {waited:?}");
+    });
+    assert_eq!(sock.len(), 1);
+    // a second thread cannot claim the socket's device wait while one holds it
+    assert!(sock.claim_device_wait(std::sync::Arc::clone(&port.device)));
+    std::thread::scope(|s| {
+        let other = s.spawn(|| sock.claim_device_wait(std::sync::Arc::clone(&port.device)));
+        assert!(!other.join().expect("other"));
+    });
+    sock.release_device_wait();
+}

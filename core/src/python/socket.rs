@@ -209,11 +209,30 @@ impl PySocket {
                         return WaitEnd::Ready;
                     }
                 }
-                // with one port, the only device a datagram can come from (bench/ANALYSIS.md:
-                // one thread wake-up per datagram instead of two)
-                if in_device && ports.len() == 1 {
-                    let spun = busy_poll_us > 0;
-                    return wait_in_device(&core, &ports[0], deadline_ns, spun);
+                // wait in the device the datagrams come from: one thread wake-up per datagram
+                // instead of two (bench/ANALYSIS.md). With one port, that one; with several,
+                // the port of the last datagram (a push by any other port's RX thread wakes
+                // the device); before the first, on the socket.
+                if in_device {
+                    let port = match ports.as_slice() {
+                        [only] => Some(only),
+                        _ => core
+                            .last_port()
+                            .and_then(|id| ports.iter().find(|p| p.id == id)),
+                    };
+                    if let Some(port) = port {
+                        let end = if port.receiver_blocks()
+                            && core.claim_device_wait(Arc::clone(&port.device))
+                        {
+                            let end = wait_in_device(&core, port, deadline_ns, busy_poll_us > 0);
+                            core.release_device_wait();
+                            end
+                        } else {
+                            core.wait(deadline_ns)
+                        };
+                        port.receiver_unblocks();
+                        return end;
+                    }
                 }
                 core.wait(deadline_ns)
             });
@@ -227,9 +246,11 @@ impl PySocket {
 
 /// A blocked receiver waits in the port's device itself and runs the RX processing when a frame
 /// comes (the RX thread parks meanwhile, as for busy polling): one thread wake-up per datagram
-/// instead of two (RX thread, then receiver). When another consumer holds the device, it waits
-/// on its socket briefly and tries again; while another receiver busy-polls the port, it leaves
-/// the device to that one and waits on its socket (two consumers would race on one CPU).
+/// instead of two (RX thread, then receiver). The caller has claimed the socket's device wait
+/// (`SocketCore::claim_device_wait`), so what other threads queue for it wakes the device. When
+/// another consumer holds the device, it waits on its socket briefly and tries again; while
+/// another receiver busy-polls the port, it leaves the device to that one and waits on its
+/// socket (two consumers would race on one CPU).
 ///
 /// `spun`: this receiver busy-polled just before (its budget ran out): it does not step back for
 /// its own spinning.
@@ -243,9 +264,11 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>, spun
         if !core.is_empty() || core.error() != 0 {
             break WaitEnd::Ready;
         }
-        if !port.enabled() {
-            // the port is going away: nothing more comes from its device
+        if !port.enabled() || !port.receiver_alone() {
+            // the port is going away (nothing more comes from its device), or another receiver
+            // blocks on it: the RX thread serves both (see `Port::receiver_blocks`)
             port.device_wait_exit();
+            port.resume_rx_thread();
             return core.wait(deadline_ns);
         }
         let now = monotonic_ns();
@@ -258,10 +281,20 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>, spun
             core.wait(Some(now + STEP_BACK_NS.min(slice)));
             continue;
         }
-        if port.wait_rx(slice).is_none() {
-            // the RX thread (or another receiver) holds the device: make the RX thread notice
-            // that a receiver now waits, and take what it delivers meanwhile
-            port.device.wake();
+        core.set_in_device(true);
+        if !core.is_empty() {
+            core.set_in_device(false);
+            continue; // queued by another thread just now: no need to block
+        }
+        let got = port.wait_rx(slice);
+        core.set_in_device(false);
+        if got.is_none() {
+            // the RX thread (or another receiver) holds the device: take what it delivers
+            // meanwhile; the RX thread parks at its next look (a receiver now waits), and a
+            // wake-up gets it there at once
+            if port.rx_thread_receiving() {
+                port.device.wake();
+            }
             core.wait(Some(monotonic_ns() + 1_000_000.min(slice)));
         }
     };

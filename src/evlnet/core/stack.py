@@ -80,8 +80,9 @@ class StackSettings:
     #: a blocked oob_recvmsg polls the ports from its own thread this long before sleeping.
     busy_poll_us: int = 0
     #: A blocked receiver waits in its port's device and processes frames itself (the RX thread
-    #: parked meanwhile): one thread wake-up per datagram instead of two. Only while the stack
-    #: has one port; otherwise the receiver waits on its socket and the RX threads deliver.
+    #: parked meanwhile): one thread wake-up per datagram instead of two. The port is the one
+    #: its last datagram came from; only while it is that port's only blocked receiver and no
+    #: receiver busy-polls it (else it waits on its socket and the RX thread delivers).
     rx_wait_in_device: bool = True
     #: How long a port's RX thread stays parked after the last busy poller left, in µs.
     busy_poll_defer_us: int = 2000
