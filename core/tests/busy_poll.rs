@@ -9,6 +9,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use _core::port::Port;
 use _core::timestamps::monotonic_ns;
 use harness::*;
 
@@ -20,18 +21,22 @@ fn rig() -> Rig {
     Rig::new(&cfg)
 }
 
-#[test]
-fn a_receiver_blocked_in_the_device_is_woken_when_a_spinner_arrives() {
-    let rig = rig();
-    let port = &rig.port;
-    // the RX thread out of the way (it would hold the device otherwise)
+/// The RX thread out of the way (it would hold the device otherwise), and the wake-up parking
+/// rang taken by a short wait, so that the next wait in the device blocks.
+fn park_rx_thread(port: &Port) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !port.pause_rx_thread(true) {
         assert!(Instant::now() < deadline, "the RX thread never parked");
         std::thread::sleep(Duration::from_millis(1));
     }
-    // parking rang the device's wake-up; a short wait takes it, so the next one blocks
     assert_eq!(port.wait_rx(1_000_000), Some(0));
+}
+
+#[test]
+fn a_receiver_blocked_in_the_device_is_woken_when_a_spinner_arrives() {
+    let rig = rig();
+    let port = &rig.port;
+    park_rx_thread(port);
     std::thread::scope(|s| {
         let waiter = s.spawn(|| {
             port.device_wait_enter();
@@ -81,12 +86,7 @@ fn a_spinner_counts_while_it_spins_and_for_the_defer_time_after() {
 fn a_receiver_in_the_device_is_woken_to_step_out_when_a_second_one_blocks() {
     let rig = rig();
     let port = &rig.port;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !port.pause_rx_thread(true) {
-        assert!(Instant::now() < deadline, "the RX thread never parked");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(port.wait_rx(1_000_000), Some(0)); // takes the wake-up parking rang
+    park_rx_thread(port);
     std::thread::scope(|s| {
         let first = s.spawn(|| {
             assert!(
@@ -125,12 +125,7 @@ fn what_another_thread_queues_wakes_a_receiver_blocked_in_a_device() {
     // port (its RX thread queues it): the device wait must end, not last out its slice
     let rig = rig();
     let port = &rig.port;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !port.pause_rx_thread(true) {
-        assert!(Instant::now() < deadline, "the RX thread never parked");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(port.wait_rx(1_000_000), Some(0)); // takes the wake-up parking rang
+    park_rx_thread(port);
     let sock = &rig.udp;
     std::thread::scope(|s| {
         let waiter = s.spawn(|| {
