@@ -108,17 +108,13 @@ pub struct Port {
     link_up: AtomicBool,
     running: AtomicBool,
     tx_bell: Doorbell,
-    tx_busy: AtomicBool,
     tx_lock: Mutex<()>,
     /// One consumer of the device at a time (RX thread or busy poller): frames stay in order.
     rx_lock: Mutex<()>,
-    /// Receivers consuming the device themselves (spinning or waiting in it): the RX thread
-    /// parks while there is one.
-    busy_pollers: AtomicUsize,
-    /// Of those, the ones spinning (SO_BUSY_POLL): a receiver waiting in the device steps back
-    /// for them, as the RX thread does.
+    /// Receivers consuming the device themselves: spinning (SO_BUSY_POLL; a receiver waiting
+    /// in the device steps back for them, as the RX thread does) and blocked in the device
+    /// (`rx_wait_in_device`). The RX thread parks while there is one of either.
     spinners: AtomicUsize,
-    /// Of those, the ones blocked in the device (`rx_wait_in_device`).
     device_waiters: AtomicUsize,
     /// Receivers blocked on this port's traffic (in its device or on their socket): one waits
     /// in the device only while it is alone.
@@ -188,10 +184,8 @@ impl Port {
             link_up: AtomicBool::new(device.is_up()),
             running: AtomicBool::new(true),
             tx_bell: Doorbell::default(),
-            tx_busy: AtomicBool::new(false),
             tx_lock: Mutex::new(()),
             rx_lock: Mutex::new(()),
-            busy_pollers: AtomicUsize::new(0),
             spinners: AtomicUsize::new(0),
             device_waiters: AtomicUsize::new(0),
             blocked_receivers: AtomicUsize::new(0),
@@ -296,7 +290,9 @@ impl Port {
             if let Ok(_guard) = self.tx_lock.try_lock() {
                 self.xmit(item);
                 drop(_guard);
-                self.last_direct_ns.store(monotonic_ns(), Relaxed);
+                if self.tx_stream_handoff {
+                    self.last_direct_ns.store(monotonic_ns(), Relaxed);
+                }
                 if !self.qdisc.is_empty() {
                     self.tx_bell.ring();
                 }
@@ -373,7 +369,6 @@ impl Port {
                     // path's rate with it, 1.16-1.24x without)
                     let mut next = self.qdisc.dequeue();
                     while let Some(item) = next {
-                        self.tx_busy.store(true, Release);
                         next = self.qdisc.dequeue();
                         if let Some(n) = &next {
                             prefetch(n.buf.payload());
@@ -387,7 +382,6 @@ impl Port {
                 }
             }
             self.tx_awake.store(false, Release);
-            self.tx_busy.store(false, Release);
             if !self.running.load(Acquire) {
                 return;
             }
@@ -423,7 +417,7 @@ impl Port {
                 continue;
             }
             self.rx_thread_parked.store(false, Release);
-            let parked = self.busy_pollers.load(Acquire) > 0
+            let parked = self.receivers_in_device()
                 || now.saturating_sub(self.last_poll_exit.load(Acquire)) < self.busy_poll_defer_ns;
             if parked {
                 self.rx_park
@@ -538,13 +532,9 @@ impl Port {
         )
     }
 
-    fn busy_poll_enter(&self) {
-        self.busy_pollers.fetch_add(1, AcqRel);
-    }
-
-    fn busy_poll_exit(&self) {
-        self.busy_pollers.fetch_sub(1, AcqRel);
-        self.last_poll_exit.store(monotonic_ns(), Release);
+    /// Whether a receiver consumes the device itself (spinning or blocked in it).
+    fn receivers_in_device(&self) -> bool {
+        self.spinners.load(Acquire) > 0 || self.device_waiters.load(Acquire) > 0
     }
 
     /// A receiver starts busy polling the port (`poll_rx` in a loop): the RX thread parks, and
@@ -552,16 +542,16 @@ impl Port {
     /// pace of the one that spins; two on one CPU would fill the socket queues and drop).
     pub fn spin_enter(&self) {
         self.spinners.fetch_add(1, AcqRel);
-        self.busy_poll_enter();
         if self.device_waiters.load(Acquire) > 0 {
             self.device.wake();
         }
     }
 
     pub fn spin_exit(&self) {
-        self.last_spin_exit.store(monotonic_ns(), Release);
+        let now = monotonic_ns();
+        self.last_spin_exit.store(now, Release);
+        self.last_poll_exit.store(now, Release);
         self.spinners.fetch_sub(1, AcqRel);
-        self.busy_poll_exit();
     }
 
     /// Whether a receiver busy-polls the port: spinning now, or (unless the caller is the one
@@ -576,12 +566,11 @@ impl Port {
     /// A receiver blocks in the device (`wait_rx`): the RX thread parks meanwhile.
     pub fn device_wait_enter(&self) {
         self.device_waiters.fetch_add(1, AcqRel);
-        self.busy_poll_enter();
     }
 
     pub fn device_wait_exit(&self) {
+        self.last_poll_exit.store(monotonic_ns(), Release);
         self.device_waiters.fetch_sub(1, AcqRel);
-        self.busy_poll_exit();
     }
 
     /// A receiver is about to block on this port's traffic; true when it is the only one, and
@@ -639,7 +628,7 @@ impl Port {
         }
         self.enabled.store(false, Release);
         let deadline = monotonic_ns() + drain_ns;
-        while (!self.qdisc.is_empty() || self.tx_busy.load(Acquire))
+        while (!self.qdisc.is_empty() || self.tx_awake.load(Acquire))
             && monotonic_ns() < deadline
             && self.link_up()
         {

@@ -47,6 +47,9 @@ struct State {
     /// A receiver blocked in a port's device (`rx_wait_in_device`), and its thread: what
     /// another thread queues for this socket (another port's RX thread) wakes that device.
     device_waiter: Option<(Arc<dyn Device>, ThreadId)>,
+    /// That waiter is blocked in its device right now (else a push reaches it through `cond`,
+    /// and waking the device would only disturb whoever holds it).
+    in_device: bool,
 }
 
 /// The core state of one oob socket (shared by SO_REUSEPORT owners of one binding).
@@ -67,9 +70,6 @@ pub struct SocketCore {
     pub drops: AtomicU64,
     /// `Port::id` + 1 of the port the last popped datagram came from, 0 before the first.
     last_port: AtomicUsize,
-    /// The registered device waiter is blocked in its device right now (else a push reaches
-    /// it through `cond`, and waking the device would only disturb whoever holds it).
-    in_device: AtomicBool,
 }
 
 /// Why a wait ended without data.
@@ -87,6 +87,7 @@ impl SocketCore {
                 queued_bytes: 0,
                 readable: false,
                 device_waiter: None,
+                in_device: false,
             }),
             cond: Condvar::new(),
             waiters: AtomicUsize::new(0),
@@ -99,7 +100,6 @@ impl SocketCore {
             polled: AtomicBool::new(false),
             drops: AtomicU64::new(0),
             last_port: AtomicUsize::new(0),
-            in_device: AtomicBool::new(false),
         })
     }
 
@@ -113,7 +113,7 @@ impl SocketCore {
             self.cond.notify_all();
         }
         if let Some((device, waiter)) = &st.device_waiter {
-            if self.in_device.load(Acquire) && *waiter != std::thread::current().id() {
+            if st.in_device && *waiter != std::thread::current().id() {
                 device.wake();
             }
         }
@@ -185,8 +185,7 @@ impl SocketCore {
     /// takes the lock, so a push that came just before is seen by the waiter's own check and
     /// one that comes after wakes the device.
     pub fn set_in_device(&self, inside: bool) {
-        let _st = self.lock();
-        self.in_device.store(inside, Release);
+        self.lock().in_device = inside;
     }
 
     /// The calling thread no longer waits in a device (see `claim_device_wait`).

@@ -43,9 +43,6 @@ pub enum SendError<E> {
 /// releases the GIL around a transmit that goes straight to the device).
 pub type Xmit<'a> = dyn FnMut(TxItem) -> Result<(), Errno> + 'a;
 
-/// Build and queue `d` on `port`; `get_buf` provides TX buffers (taking from the pool, waiting
-/// if allowed), `xmit` hands each frame to the port. Returns the payload bytes sent.
-/// A fragmented datagram is all or nothing: its buffers are reserved before the first leaves.
 /// The socket a frame's TX timestamp record goes to: only when TX stamping is on, so that a
 /// frame handed to the TX thread does not carry (and make two CPUs share) the socket's
 /// reference count for nothing.
@@ -57,6 +54,9 @@ pub(crate) fn tx_record_sock(
         .cloned()
 }
 
+/// Build and queue `d` on `port`; `get_buf` provides TX buffers (taking from the pool, waiting
+/// if allowed), `xmit` hands each frame to the port. Returns the payload bytes sent.
+/// A fragmented datagram is all or nothing: its buffers are reserved before the first leaves.
 pub fn send_udp<E>(
     port: &Port,
     sock: Option<&Arc<SocketCore>>,

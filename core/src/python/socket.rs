@@ -260,20 +260,19 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>, spun
     /// looks again (the spinner may have left meanwhile).
     const STEP_BACK_NS: u64 = 200_000;
     port.device_wait_enter();
+    // None: leave the device to the RX thread and wait on the socket
     let end = loop {
         if !core.is_empty() || core.error() != 0 {
-            break WaitEnd::Ready;
+            break Some(WaitEnd::Ready);
         }
         if !port.enabled() || !port.receiver_alone() {
             // the port is going away (nothing more comes from its device), or another receiver
             // blocks on it: the RX thread serves both (see `Port::receiver_blocks`)
-            port.device_wait_exit();
-            port.resume_rx_thread();
-            return core.wait(deadline_ns);
+            break None;
         }
         let now = monotonic_ns();
         let slice = match deadline_ns {
-            Some(d) if now >= d => break WaitEnd::TimedOut,
+            Some(d) if now >= d => break Some(WaitEnd::TimedOut),
             Some(d) => (d - now).min(SLICE_NS),
             None => SLICE_NS,
         };
@@ -299,7 +298,10 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>, spun
         }
     };
     port.device_wait_exit();
-    end
+    end.unwrap_or_else(|| {
+        port.resume_rx_thread();
+        core.wait(deadline_ns)
+    })
 }
 
 #[pymethods]
