@@ -151,6 +151,11 @@ impl StackCore {
         self.ports.load().values().cloned().collect()
     }
 
+    /// The published port map itself, by id (the per-datagram paths: no copy, no allocation).
+    pub fn ports_snapshot(&self) -> Arc<HashMap<usize, Arc<Port>>> {
+        self.ports.load_full()
+    }
+
     pub fn add_port(&self, port: Arc<Port>) {
         let mut next = HashMap::clone(&self.ports.load());
         next.insert(port.id, port);

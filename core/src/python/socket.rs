@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
-use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple};
 
@@ -16,7 +15,7 @@ use crate::stack::StackCore;
 use crate::timestamps::{monotonic_ns, TX_RING_SIZE};
 use crate::tx::{self, SendError, UdpDatagram};
 
-use super::buffers::{copy_out, mac_of, with_payload};
+use super::buffers::{copy_out, mac_of, with_exported, with_payload, writable_len};
 use super::errors::{ioerr, oserr};
 use super::port::{take_buffer, transmit, PyPort};
 use super::stack::PyStack;
@@ -77,12 +76,8 @@ fn single_payload<'py>(buffers: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>>
     } else if let Ok(b) = item.cast_exact::<PyByteArray>() {
         b.len()
     } else if item.cast_exact::<PyMemoryView>().is_ok() {
-        // `with_payload` reads it the same way; other formats or layouts take the general path
-        let view = PyBuffer::<u8>::get(&item).ok()?;
-        if !view.is_c_contiguous() {
-            return None;
-        }
-        view.len_bytes()
+        // `with_payload` reads it the same way; a strided view takes the general path
+        with_exported(&item, false, |_, len| len).ok()?
     } else {
         return None;
     };
@@ -184,25 +179,22 @@ impl PySocket {
             }
             let core = Arc::clone(&self.core);
             let in_device = self.stack.settings.rx_wait_in_device.load(Relaxed);
-            let ports = if busy_poll_us > 0 || in_device {
-                self.stack.ports()
-            } else {
-                Vec::new()
-            };
+            // the published map itself: a reference count, nothing allocated per wait
+            let ports = self.stack.ports_snapshot();
             let end = py.detach(move || {
                 if busy_poll_us > 0 && !ports.is_empty() {
                     // Busy poll (SO_BUSY_POLL): this thread runs the ports' RX processing and
                     // their RX threads park meanwhile; registered only while spinning, so a
                     // receiver that goes to sleep never keeps an RX thread parked.
-                    for p in &ports {
+                    for p in ports.values() {
                         p.spin_enter();
                     }
                     let got = core.spin(deadline_ns, busy_poll_us * 1000, &mut || {
-                        for p in &ports {
+                        for p in ports.values() {
                             p.poll_rx();
                         }
                     });
-                    for p in &ports {
+                    for p in ports.values() {
                         p.spin_exit();
                     }
                     if got {
@@ -214,11 +206,10 @@ impl PySocket {
                 // the port of the last datagram (a push by any other port's RX thread wakes
                 // the device); before the first, on the socket.
                 if in_device {
-                    let port = match ports.as_slice() {
-                        [only] => Some(only),
-                        _ => core
-                            .last_port()
-                            .and_then(|id| ports.iter().find(|p| p.id == id)),
+                    let port = if ports.len() == 1 {
+                        ports.values().next()
+                    } else {
+                        core.last_port().and_then(|id| ports.get(&id))
                     };
                     if let Some(port) = port {
                         let end = if port.receiver_blocks()
@@ -396,7 +387,7 @@ impl PySocket {
         busy_poll_us: u64,
     ) -> PyResult<RecvResult> {
         let b = self.pop_or_wait(py, nonblock, deadline_ns, busy_poll_us)?;
-        let n = copy_out(py, buffer, b.payload())?;
+        let n = copy_out(buffer, b.payload())?;
         let m = b.meta;
         Ok((
             n,
@@ -421,7 +412,7 @@ impl PySocket {
         busy_poll_us: u64,
     ) -> PyResult<FrameResult<'py>> {
         let b = self.pop_or_wait(py, nonblock, deadline_ns, busy_poll_us)?;
-        let n = copy_out(py, buffer, b.payload())?;
+        let n = copy_out(buffer, b.payload())?;
         let m = b.meta;
         Ok((
             n,
@@ -652,8 +643,7 @@ impl PySocket {
         nonblock: bool,
         deadline_ns: Option<u64>,
     ) -> PyResult<(usize, bool)> {
-        let target = PyBuffer::<u8>::get(buffer)?;
-        let room = target.len_bytes() / 24;
+        let room = writable_len(buffer)? / 24;
         if room == 0 {
             return Err(oserr(
                 libc::EINVAL,
@@ -664,7 +654,7 @@ impl PySocket {
             let mut out = [0u8; 24 * TX_RING_SIZE];
             let (n, trunc) = self.core.pop_tx_records(&mut out, room.min(TX_RING_SIZE));
             if n > 0 {
-                copy_out(py, buffer, &out[..n * 24])?;
+                copy_out(buffer, &out[..n * 24])?;
                 return Ok((n * 24, trunc));
             }
             if self.core.tsflags() & crate::socket::TS_TX == 0 {
