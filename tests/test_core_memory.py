@@ -3,9 +3,14 @@ its pool, no thread left behind."""
 from __future__ import annotations
 
 import gc
+import os
+import shutil
 import socket as pysocket
+import subprocess
+import sys
 import tracemalloc
 
+import pytest
 from scapy.layers.inet import IP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -170,11 +175,6 @@ factory.close_all()
 
 
 def test_no_c_heap_allocation_per_datagram(tmp_path):
-    import os
-    import shutil
-    import subprocess
-    import sys
-
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     assert cc, "a C compiler is needed (./run installs clang)"
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "malloc_counter.c")
@@ -188,3 +188,51 @@ def test_no_c_heap_allocation_per_datagram(tmp_path):
     per_datagram = float(res.stdout.split()[-1])
     # 0 in steady state; a stray allocation now and then (a table growing once) stays far below
     assert per_datagram < 0.01, per_datagram
+
+
+#: A program that leaves two stacks open (a port each on a virtual link, sockets, a receiver
+#: blocked in the core on a daemon thread) and exits, normally or by an exception. Its first
+#: atexit hook runs after evlnet's (atexit is last in, first out) and reports what it finds.
+EXIT_CHILD = r"""
+import atexit, socket, sys, threading
+found = []
+atexit.register(lambda: print("closed" if found and all(s.closed for s in found) else "open",
+                              flush=True))
+from evlnet import SOCK_OOB, Stack, VirtualLink
+link = VirtualLink("exitva", "exitvb")
+A, B = Stack("exitA"), Stack("exitB")
+found += [A, B]
+A.add_interface(link.a, "192.0.2.1/24")
+B.add_interface(link.b, "192.0.2.2/24")
+A.enable_port(link.a.name)
+B.enable_port(link.b.name)
+sa = A.socket(socket.AF_INET, socket.SOCK_DGRAM | SOCK_OOB)
+sa.bind(("192.0.2.1", 6000))
+sb = B.socket(socket.AF_INET, socket.SOCK_DGRAM | SOCK_OOB)
+sb.bind(("192.0.2.2", 6000))
+A.solicit(sa, ("192.0.2.2", 0))
+def receive():
+    try:
+        while True:
+            sb.oob_recvmsg(100)
+    except OSError:
+        pass   # the socket closed under it
+threading.Thread(target=receive, daemon=True).start()
+for _ in range(200):
+    sa.oob_sendmsg([b"x"], address=("192.0.2.2", 6000))
+if sys.argv[1] == "raise":
+    raise RuntimeError("left open")
+"""
+
+
+@pytest.mark.parametrize("how", ["return", "raise"])
+def test_stacks_left_open_are_closed_at_exit(how):
+    """A stack the program never closed is closed by evlnet's atexit hook, before the
+    interpreter's finalization could find a core thread's Python caller waking up."""
+    for _ in range(3):
+        res = subprocess.run([sys.executable, "-c", EXIT_CHILD, how], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == (1 if how == "raise" else 0), res.stderr[-2000:]
+        assert res.stdout.split() == ["closed"], (res.stdout, res.stderr[-2000:])
+        if how == "raise":
+            assert "RuntimeError: left open" in res.stderr

@@ -6,6 +6,7 @@ programs that need two stacks make their own.
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
@@ -46,6 +47,27 @@ from .port import Port
 from .stats import DevStat
 
 log = logging.getLogger("evlnet.stack")
+
+#: Stacks not closed yet, with the process that made them. An ``atexit`` hook closes them: a
+#: stack left open at interpreter exit has daemon threads waiting inside the core with the GIL
+#: released, and CPython ends a thread that wakes up during finalization with ``pthread_exit``,
+#: whose forced unwinding through the core's frames aborts the process ("FATAL: exception not
+#: rethrown", exit status 134).
+_open_stacks: "weakref.WeakKeyDictionary[Stack, int]" = weakref.WeakKeyDictionary()
+
+
+def _close_open_stacks() -> None:
+    """``atexit``: close every stack this process left open (not a forked child's copies)."""
+    for stack, pid in list(_open_stacks.items()):
+        if pid != os.getpid():
+            continue
+        try:
+            stack.close()
+        except Exception:
+            log.exception("%s: closing at exit failed", stack.name)
+
+
+atexit.register(_close_open_stacks)
 _SOCK_FLAGS = (SOCK_OOB | getattr(_pysocket, "SOCK_NONBLOCK", 0o4000)
                | getattr(_pysocket, "SOCK_CLOEXEC", 0o2000000))
 _now = time.monotonic_ns
@@ -209,6 +231,7 @@ class Stack:
         self._events = threading.Thread(target=self._event_loop, name=f"{name}.events",
                                         daemon=True)
         self._events.start()
+        _open_stacks[self] = os.getpid()
 
     def _apply_settings(self) -> None:
         st = self.settings
@@ -806,6 +829,7 @@ class Stack:
         # them kept their devices, so an AF_PACKET socket (and its ring) stayed open, and with
         # it the network namespace it lives in, as long as the closed Stack object lived.
         self._ports_by_id.clear()
+        _open_stacks.pop(self, None)
 
     def __enter__(self) -> "Stack":
         return self
