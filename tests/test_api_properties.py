@@ -8,7 +8,7 @@ import errno
 import socket as pysocket
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from virtual_fixtures import A_IP, B_IP  # noqa: F401
 
@@ -74,6 +74,7 @@ def test_recvmsg_any_arguments(pair, size, anc, flag, timeout):
 
 @SETTINGS
 @given(address=addresses)
+@example(address=("\x00", 0))            # found by this test: inet_aton raises ValueError on a NUL
 def test_bind_and_connect_any_address(pair, address):
     s = pair.udp(pair.A)
     _ok_or_oserror(s.bind, address)
@@ -89,6 +90,20 @@ def test_options_any_value(pair, level, name, value, oob):
     getter = s.oob_getsockopt if oob else s.getsockopt
     _ok_or_oserror(setter, level, name, value)
     _ok_or_oserror(getter, level, name)
+    s.close()
+
+
+def test_a_nul_in_a_host_is_einval(pair):
+    """Every place that parses a host: EINVAL, never the ValueError of inet_aton."""
+    s = pair.udp(pair.A, (A_IP, 0))
+    for call in (lambda: s.oob_sendmsg([b"x"], address=("1.2.3.4\x00", 9)),
+                 lambda: s.connect(("\x00", 9)),
+                 lambda: pair.A.solicit(s, ("192.0.2.2\x00", 0)),
+                 lambda: pair.A.add_address(pair.link.a.name, "192.0.2.9\x00/24"),
+                 lambda: pair.A.add_route("198.51.100.0/24", via="192.0.2.254\x00")):
+        with pytest.raises(OSError) as info:
+            call()
+        assert info.value.errno == errno.EINVAL
     s.close()
 
 

@@ -851,7 +851,7 @@ def _peer_address(peer: Any) -> int:
         raise oserror(errno.EINVAL, f"bad peer {peer!r}")
     try:
         ip = int.from_bytes(_pysocket.inet_aton(peer), "big")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         raise oserror(errno.EINVAL, f"bad IPv4 peer {peer!r}") from None
     if ip == 0:
         raise oserror(errno.EINVAL, "peer 0.0.0.0")

@@ -49,7 +49,7 @@ def parse_inet_address(address: Any, what: str = "address") -> tuple[int, int]:
         else:
             try:
                 ip = int.from_bytes(_pysocket.inet_aton(host), "big")
-            except (OSError, TypeError):
+            except (OSError, TypeError, ValueError):  # ValueError: an embedded NUL
                 raise oserror(errno.EINVAL, f"bad IPv4 address {host!r}") from None
         if len(_ip_cache) < 4096:
             _ip_cache[host] = ip
