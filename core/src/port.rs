@@ -109,8 +109,11 @@ pub struct Port {
     running: AtomicBool,
     tx_bell: Doorbell,
     tx_lock: Mutex<()>,
-    /// One consumer of the device at a time (RX thread or busy poller): frames stay in order.
-    rx_lock: Mutex<()>,
+    /// One receiver blocked in the device at a time (`wait_rx`). Frames stay in order without
+    /// it: the device lets one consumer drain at a time, and nobody holds a lock while waiting
+    /// in the device, so a busy poller is never stuck behind a consumer that sleeps there, or
+    /// that was woken and waits for a CPU (under SCHED_FIFO, for the poller's whole budget).
+    device_waiter: Mutex<()>,
     /// Receivers consuming the device themselves: spinning (SO_BUSY_POLL; a receiver waiting
     /// in the device steps back for them, as the RX thread does) and blocked in the device
     /// (`rx_wait_in_device`). The RX thread parks while there is one of either.
@@ -185,7 +188,7 @@ impl Port {
             running: AtomicBool::new(true),
             tx_bell: Doorbell::default(),
             tx_lock: Mutex::new(()),
-            rx_lock: Mutex::new(()),
+            device_waiter: Mutex::new(()),
             spinners: AtomicUsize::new(0),
             device_waiters: AtomicUsize::new(0),
             blocked_receivers: AtomicUsize::new(0),
@@ -423,13 +426,11 @@ impl Port {
                 self.rx_park
                     .wait(Some(self.busy_poll_defer_ns.max(1_000_000)));
             } else {
-                let guard = self.rx_lock.lock().unwrap_or_else(|e| e.into_inner());
                 self.rx_thread_receiving.store(true, Release);
                 let res = self.device.receive(RX_BATCH, Some(RX_TICK_NS), &mut |buf| {
                     crate::rx::process(&self, buf);
                 });
                 self.rx_thread_receiving.store(false, Release);
-                drop(guard);
                 if res.is_err() {
                     // device gone or down: let the link state settle
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -458,14 +459,11 @@ impl Port {
     }
 
     /// Busy polling (Linux SO_BUSY_POLL): process what the device has ready from the calling
-    /// thread, without blocking; 0 when another consumer holds the device right now.
+    /// thread, without blocking; 0 when another consumer is draining the device right now.
     pub fn poll_rx(&self) -> usize {
         if !self.running.load(Acquire) || !self.device.ready() {
             return 0;
         }
-        let Ok(_guard) = self.rx_lock.try_lock() else {
-            return 0;
-        };
         self.device
             .receive(RX_BATCH, Some(0), &mut |buf| crate::rx::process(self, buf))
             .unwrap_or(0)
@@ -517,12 +515,12 @@ impl Port {
     }
 
     /// A blocked receiver waits in the device for up to `timeout_ns` and processes what comes
-    /// (see `python::wait_in_device`); None when another consumer holds the device.
+    /// (see `python::wait_in_device`); None when another receiver is blocked in it already.
     pub fn wait_rx(&self, timeout_ns: u64) -> Option<usize> {
         if !self.running.load(Acquire) {
             return Some(0);
         }
-        let _guard = self.rx_lock.try_lock().ok()?;
+        let _guard = self.device_waiter.try_lock().ok()?;
         Some(
             self.device
                 .receive(RX_BATCH, Some(timeout_ns), &mut |buf| {

@@ -119,9 +119,11 @@ pub trait Device: Send + Sync {
     /// first frame. Returns how many were handed over (0 on timeout or wake-up).
     ///
     /// A frame that finds no free buffer is dropped and counted in `rx_nomem`; one larger than
-    /// the buffers in `rx_oversize`. Meant for one consumer at a time (the port serialises);
-    /// concurrent calls are safe but may deliver frames out of order. `sink` runs on the
-    /// caller's thread and must not call `receive()` on the same device.
+    /// the buffers in `rx_oversize`. Concurrent calls are safe and keep order: one caller at a
+    /// time drains (its frames reach its `sink` before anyone takes the next ones), and a
+    /// caller holds nothing while it waits, so a busy poller (`Some(0)`: 0 at once while
+    /// another caller drains) is never stuck behind a waiter that has not run yet. `sink` runs
+    /// on the caller's thread and must not call `receive()` on the same device.
     fn receive(
         &self,
         limit: usize,

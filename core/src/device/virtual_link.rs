@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::atomic::{Ordering::Relaxed, Ordering::Release};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_queue::ArrayQueue;
@@ -129,6 +129,9 @@ struct Endpoint {
     bell: Doorbell,
     /// Set by `wake()`/`detach()`: the next wait ends with 0 frames rather than sleep on.
     woken: AtomicBool,
+    /// One consumer drains at a time, so frames reach the sinks in order whoever receives;
+    /// held only while draining, never while waiting (see `Device::receive`).
+    draining: Mutex<()>,
     counters: DeviceCounters,
     listener: ListenerSlot,
 }
@@ -141,6 +144,7 @@ impl Endpoint {
             att: ArcSwapOption::empty(),
             bell: Doorbell::new(),
             woken: AtomicBool::new(false),
+            draining: Mutex::new(()),
             counters: DeviceCounters::default(),
             listener: ListenerSlot::default(),
         }
@@ -202,7 +206,18 @@ impl Endpoint {
         self.bell.ring();
     }
 
-    fn drain(&self, limit: usize, sink: &mut dyn FnMut(PacketBuf)) -> usize {
+    /// Hand up to `limit` queued frames to `sink`. `busy`: a busy poller's look, which returns
+    /// 0 at once rather than wait for another consumer's drain.
+    fn drain(&self, limit: usize, sink: &mut dyn FnMut(PacketBuf), busy: bool) -> usize {
+        let _draining = if busy {
+            match self.draining.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return 0,
+            }
+        } else {
+            self.draining.lock().unwrap_or_else(|e| e.into_inner())
+        };
         let guard = self.att.load();
         let Some(att) = guard.as_ref() else { return 0 };
         let mut n = 0;
@@ -224,14 +239,14 @@ impl Endpoint {
             return Ok(0);
         }
         if timeout_ns == Some(0) {
-            return Ok(self.drain(limit, sink));
+            return Ok(self.drain(limit, sink, true));
         }
         let deadline = timeout_ns.map(|t| monotonic_ns().saturating_add(t));
         loop {
             // Consume a pending ring before looking at the queue: any ring after this is for a
             // frame pushed after it, which the wait below will not miss.
             self.bell.wait(Some(0));
-            let n = self.drain(limit, sink);
+            let n = self.drain(limit, sink, false);
             if n > 0 {
                 return Ok(n);
             }
