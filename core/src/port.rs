@@ -129,7 +129,7 @@ pub struct Port {
     /// Test hook: the RX thread parks while set, so only busy pollers consume frames.
     rx_thread_paused: AtomicBool,
     rx_thread_parked: AtomicBool,
-    /// The RX thread is in the device (holding it for up to `RX_TICK_NS`).
+    /// The RX thread is in the device (waiting up to `RX_TICK_NS`; it holds no lock there).
     rx_thread_receiving: AtomicBool,
     rx_park: Doorbell,
     busy_poll_defer_ns: u64,

@@ -238,10 +238,10 @@ impl PySocket {
 /// A blocked receiver waits in the port's device itself and runs the RX processing when a frame
 /// comes (the RX thread parks meanwhile, as for busy polling): one thread wake-up per datagram
 /// instead of two (RX thread, then receiver). The caller has claimed the socket's device wait
-/// (`SocketCore::claim_device_wait`), so what other threads queue for it wakes the device. When
-/// another consumer holds the device, it waits on its socket briefly and tries again; while
-/// another receiver busy-polls the port, it leaves the device to that one and waits on its
-/// socket (two consumers would race on one CPU).
+/// (`SocketCore::claim_device_wait`), so what other threads queue for it wakes the device.
+/// When another receiver is blocked in the device, it waits on its socket briefly and tries
+/// again; while another receiver busy-polls the port, it leaves the device to that one and
+/// waits on its socket (two consumers would race on one CPU).
 ///
 /// `spun`: this receiver busy-polled just before (its budget ran out): it does not step back for
 /// its own spinning.
@@ -279,9 +279,9 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>, spun
         let got = port.wait_rx(slice);
         core.set_in_device(false);
         if got.is_none() {
-            // the RX thread (or another receiver) holds the device: take what it delivers
-            // meanwhile; the RX thread parks at its next look (a receiver now waits), and a
-            // wake-up gets it there at once
+            // another receiver is blocked in the device: take what it delivers meanwhile (the
+            // RX thread, if it is in the device too, parks at its next look: a receiver waits,
+            // and a wake-up gets it there at once)
             if port.rx_thread_receiving() {
                 port.device.wake();
             }
