@@ -129,8 +129,6 @@ pub struct Port {
     /// Test hook: the RX thread parks while set, so only busy pollers consume frames.
     rx_thread_paused: AtomicBool,
     rx_thread_parked: AtomicBool,
-    /// The RX thread is in the device (waiting up to `RX_TICK_NS`; it holds no lock there).
-    rx_thread_receiving: AtomicBool,
     rx_park: Doorbell,
     busy_poll_defer_ns: u64,
     tx_direct: bool,
@@ -196,7 +194,6 @@ impl Port {
             last_spin_exit: AtomicU64::new(0),
             rx_thread_paused: AtomicBool::new(false),
             rx_thread_parked: AtomicBool::new(false),
-            rx_thread_receiving: AtomicBool::new(false),
             rx_park: Doorbell::default(),
             busy_poll_defer_ns: cfg.busy_poll_defer_ns,
             tx_direct: cfg.tx_direct && qdisc_bypass,
@@ -426,11 +423,10 @@ impl Port {
                 self.rx_park
                     .wait(Some(self.busy_poll_defer_ns.max(1_000_000)));
             } else {
-                self.rx_thread_receiving.store(true, Release);
+                // no lock held while it waits there (see `device_waiter`)
                 let res = self.device.receive(RX_BATCH, Some(RX_TICK_NS), &mut |buf| {
                     crate::rx::process(&self, buf);
                 });
-                self.rx_thread_receiving.store(false, Release);
                 if res.is_err() {
                     // device gone or down: let the link state settle
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -479,12 +475,6 @@ impl Port {
             self.rx_park.ring();
         }
         self.rx_thread_parked.load(Acquire)
-    }
-
-    /// Whether the RX thread is blocked in the device now (a receiver that wants the device
-    /// wakes it out; another receiver holding it is left alone).
-    pub fn rx_thread_receiving(&self) -> bool {
-        self.rx_thread_receiving.load(Acquire)
     }
 
     /// Test hook: whether the RX thread is parked by `pause_rx_thread`.

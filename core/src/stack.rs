@@ -147,10 +147,6 @@ impl StackCore {
         self.ports.load().get(&id).cloned()
     }
 
-    pub fn ports(&self) -> Vec<Arc<Port>> {
-        self.ports.load().values().cloned().collect()
-    }
-
     /// The published port map itself, by id (the per-datagram paths: no copy, no allocation).
     pub fn ports_snapshot(&self) -> Arc<HashMap<usize, Arc<Port>>> {
         self.ports.load_full()

@@ -280,11 +280,8 @@ fn wait_in_device(core: &SocketCore, port: &Port, deadline_ns: Option<u64>, spun
         core.set_in_device(false);
         if got.is_none() {
             // another receiver is blocked in the device: take what it delivers meanwhile (the
-            // RX thread, if it is in the device too, parks at its next look: a receiver waits,
-            // and a wake-up gets it there at once)
-            if port.rx_thread_receiving() {
-                port.device.wake();
-            }
+            // RX thread never holds the device: if it is in there too, it parks after its
+            // next frame, since a receiver waits)
             core.wait(Some(monotonic_ns() + 1_000_000.min(slice)));
         }
     };

@@ -38,6 +38,7 @@ from ..proto.icmp import IcmpProtocol
 from ..proto.packet import PacketProtocol
 from ..proto.registry import InbandPacket, Protocol, ProtocolRegistry
 from ..proto.udp import UdpProtocol
+from ..sockets.udp import inet_aton_int
 from ..wire.ethernet import ETH_P_ARP
 from .filters import load_program
 from .frontcache import FrontCache, Neighbour, Route
@@ -144,7 +145,7 @@ class StaticRoute:
 def parse_cidr(text: str) -> tuple[int, int]:
     addr, _, plen = text.partition("/")
     try:
-        ip = int.from_bytes(_pysocket.inet_aton(addr), "big")
+        ip = inet_aton_int(addr)
         prefix = int(plen) if plen else 32
     except (OSError, ValueError):
         raise oserror(errno.EINVAL, f"bad IPv4 prefix {text!r}") from None
@@ -849,10 +850,7 @@ def _peer_address(peer: Any) -> int:
         return 0xFFFFFFFF
     if not isinstance(peer, str):
         raise oserror(errno.EINVAL, f"bad peer {peer!r}")
-    try:
-        ip = int.from_bytes(_pysocket.inet_aton(peer), "big")
-    except (OSError, ValueError):  # ValueError: an embedded NUL
-        raise oserror(errno.EINVAL, f"bad IPv4 peer {peer!r}") from None
+    ip = inet_aton_int(peer, "peer")
     if ip == 0:
         raise oserror(errno.EINVAL, "peer 0.0.0.0")
     return ip

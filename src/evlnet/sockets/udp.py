@@ -32,6 +32,15 @@ IP_PMTUDISC_DO = 2
 _ip_cache: dict[str, int] = {}
 
 
+def inet_aton_int(host: Any, what: str = "address") -> int:
+    """IPv4 text as ``inet_aton`` reads it -> int. EINVAL for anything else, whatever
+    ``inet_aton`` raises (OSError; TypeError for a non-str; ValueError for an embedded NUL)."""
+    try:
+        return int.from_bytes(_pysocket.inet_aton(host), "big")
+    except (OSError, TypeError, ValueError):
+        raise oserror(errno.EINVAL, f"bad IPv4 {what} {host!r}") from None
+
+
 def parse_inet_address(address: Any, what: str = "address") -> tuple[int, int]:
     """``(host, port)`` -> (IPv4 int, port). EINVAL for anything that is not an IPv4 address."""
     try:
@@ -47,10 +56,7 @@ def parse_inet_address(address: Any, what: str = "address") -> tuple[int, int]:
         elif host == "<broadcast>" or host == "broadcast":
             ip = 0xFFFFFFFF
         else:
-            try:
-                ip = int.from_bytes(_pysocket.inet_aton(host), "big")
-            except (OSError, TypeError, ValueError):  # ValueError: an embedded NUL
-                raise oserror(errno.EINVAL, f"bad IPv4 address {host!r}") from None
+            ip = inet_aton_int(host)
         if len(_ip_cache) < 4096:
             _ip_cache[host] = ip
     return ip, port
