@@ -11,12 +11,16 @@ use std::time::{Duration, Instant};
 
 use _core::device::Device;
 use _core::pool::Pool;
-use _core::port::{TxItem, STREAM_GAP_NS, STREAM_MIN_FRAMES};
+use _core::port::{TxItem, STREAM_GAP_NS, STREAM_MIN_FRAMES, TX_GIVE_BACK_BATCH};
 use harness::*;
 
 /// A rig whose port hands streams off (or not), and a pool on the wire's far end to receive.
 fn rig(handoff: bool) -> Rig {
-    let mut cfg = port_config(256, 64, 1_000_000_000, true);
+    rig_with_pool(handoff, 256)
+}
+
+fn rig_with_pool(handoff: bool, tx_poolsz: usize) -> Rig {
+    let mut cfg = port_config(tx_poolsz, 64, 1_000_000_000, true);
     cfg.tx_stream_handoff = handoff;
     let rig = Rig::new(&cfg);
     rig.link
@@ -97,6 +101,33 @@ fn a_back_to_back_stream_goes_to_the_tx_thread_in_order() {
     );
     assert_eq!(rig.counter("tx_packets"), u64::from(n));
     assert_eq!(rig.counter("tx_qdisc_drops"), 0);
+}
+
+#[test]
+fn a_tx_pool_smaller_than_a_give_back_batch_keeps_streaming() {
+    // The TX thread gives buffers back in batches; with fewer buffers than a batch, it must
+    // still give them back (when the qdisc runs dry) rather than hold the sender's last ones.
+    let poolsz = TX_GIVE_BACK_BATCH / 4;
+    let rig = rig_with_pool(true, poolsz);
+    let n = 5_000u32;
+    let seqs = std::thread::scope(|s| {
+        let r = &rig;
+        let rx = s.spawn(move || receive(r, n as usize));
+        for seq in 0..n {
+            send(r, seq);
+        }
+        rx.join().expect("receiver")
+    });
+    assert_eq!(
+        seqs,
+        (0..n).collect::<Vec<_>>(),
+        "every frame once, in order"
+    );
+    wait_pool_full(&rig);
+    assert!(
+        rig.counter("tx_queued") > 0,
+        "the stream never reached the TX thread"
+    );
 }
 
 #[test]
