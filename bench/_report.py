@@ -338,12 +338,12 @@ def plot_rtt(res: Results, path: Path) -> bool:
 def write_results(res: Results, outdir: Path, command: str) -> tuple[Path, Path | None]:
     outdir.mkdir(parents=True, exist_ok=True)
     png = outdir / "rtt.png"
+    m = machine_info()         # before rtt.png is written: the tree is "-dirty" only if the code is
     try:
         have_png = plot_rtt(res, png)
     except Exception as exc:   # the table is still worth writing
         res.notes.append(f"rtt.png not written: {type(exc).__name__}: {exc}")
         have_png = False
-    m = machine_info()
     rows, notes = build_rows(res)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
