@@ -38,6 +38,8 @@ class Results:
     virtual: dict = field(default_factory=dict)
     #: the Rust ring floor's build: "binary", "build_s"
     floor: dict = field(default_factory=dict)
+    #: the machine's vCPU stalls (bench/_stalls.py)
+    stalls: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -60,7 +62,7 @@ class Results:
                  "target": TARGET_FLOOR}
         return {"params": self.params, "rtt": {ph: rtt_json(d) for ph, d in self.rtt.items()},
                 "rx": self.rx, "tx": self.tx, "alloc": self.alloc, "mem": self.mem,
-                "floor": floor, "virtual": virt,
+                "floor": floor, "virtual": virt, "stalls": self.stalls,
                 "na": {(k if isinstance(k, str) else "/".join(k)): v for k, v in self.na.items()},
                 "notes": self.notes}
 

@@ -59,7 +59,10 @@ PRESETS = {
 }
 #: --smoke: no single wait is longer (a hanging path becomes an n/a, the run still ends)
 SMOKE_TIMEOUT_CAP = 30.0
-PARTS = ("rtt", "burner", "rx", "tx", "alloc", "mem", "raw", "floor", "scapy", "virtual")
+PARTS = ("rtt", "burner", "rx", "tx", "alloc", "mem", "raw", "floor", "scapy", "virtual",
+         "stalls")
+#: seconds of the vCPU stall probe (bench/_stalls.py) per mode
+STALL_SECONDS = {"full": 2.0, "quick": 1.0, "smoke": 0.2}
 #: the Rust ring floor: round trips each run of the client does, unrecorded, before its chunk
 FLOOR_CHUNK_WARMUP = 100
 #: payload size the floor's frames carry (core/examples/rtt_floor.rs: PAYLOAD)
@@ -706,6 +709,9 @@ def describe(p: Params, res: Results) -> None:
             f"compiled client per chunk, each after {min(FLOOR_CHUNK_WARMUP, p.warmup)} "
             "unrecorded round trips; its echo busy-polls while a client runs, waits in poll() "
             "otherwise.")
+    if res.stalls:
+        import _stalls
+        res.notes.append(_stalls.describe(res.stalls))
     if p.evlnet_opts:
         res.notes.append(f"evlnet options: {p.evlnet_opts}")
     if p.cpu_latency_us is None:
@@ -761,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     failed = False
     try:
+        if "stalls" not in p.skip:
+            import _stalls
+            res.stalls = _stalls.measure(STALL_SECONDS[p.mode])
         why = veth_unavailable()
         if why:
             for impl in ("evlnet", "kernel", "raw", "floor", "scapy"):

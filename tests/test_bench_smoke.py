@@ -8,10 +8,13 @@ without root too.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,9 @@ def test_bench_smoke_run(tmp_path):
     p50_row = next(ln for ln in out.splitlines() if ln.startswith("RTT p50 (us)  "))
     assert re.fullmatch(r"[\d,]+\.?\d*", re.split(r"\s{2,}", p50_row)[-1]), p50_row
     assert data["floor"]["binary"] and data["floor"]["target"] == 1.5
+    # the machine's stall probe ran on every CPU and its note is under the table
+    assert [c["cpu"] for c in data["stalls"]["per_cpu"]] == sorted(os.sched_getaffinity(0))
+    assert "vCPU stalls" in out
     # nothing left behind: namespaces (named after the run's pid) and processes
     assert list_namespaces(proc.pid) == []
 
@@ -97,6 +103,29 @@ def test_bench_without_root_prints_the_table(tmp_path, capsys, monkeypatch):
     md = (tmp_path / "RESULTS.md").read_text()
     assert "| metric | evlnet | kernel |" in md and "## Machine" in md
     assert "./run bench --smoke" in md
+
+
+def test_stall_probe_counts_the_gaps_it_sees():
+    """bench/_stalls.py: one entry per CPU, its histogram adds up to its gap count, and a gap
+    forced into the spinning loop (a stopped process) is counted with its length."""
+    _bench_modules()
+    import _stalls
+
+    cpu = min(os.sched_getaffinity(0))
+    st = _stalls.measure(0.3, [cpu])
+    (c,) = st["per_cpu"]
+    assert c["cpu"] == cpu and c["seconds"] >= 0.3
+    assert sum(c["bins"]) == c["gaps"] and 0.0 <= c["lost_pct"] <= 100.0
+    assert f"CPU {cpu}:" in _stalls.describe(st)
+    # stop the spinner for ~50 ms: at least one gap that long, in the last bins
+    proc = subprocess.Popen([sys.executable, "-c", _stalls.SPIN_PROGRAM, str(cpu), "1.0",
+                             str(_stalls.MIN_GAP_NS)], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGCONT)
+    gaps = json.loads(proc.communicate(timeout=30)[0])["gaps_ns"]
+    assert max(gaps) >= 40_000_000, sorted(gaps)[-3:]
 
 
 def test_evlnet_opts_parsing():
