@@ -76,29 +76,33 @@ fn wait_pool_full(rig: &Rig) {
     }
 }
 
-#[test]
-fn a_back_to_back_stream_goes_to_the_tx_thread_in_order() {
-    let rig = rig(true);
-    let n = 20_000u32;
-    let sender = std::thread::scope(|s| {
-        let r = &rig;
-        let rx = s.spawn(move || receive(r, n as usize));
+/// Send `n` frames back to back while the far end receives them; checks that every frame
+/// arrived once, in order, that every TX buffer came back, and that the TX thread carried them.
+fn stream_in_order(rig: &Rig, n: u32) {
+    let received = std::thread::scope(|s| {
+        let rx = s.spawn(move || receive(rig, n as usize));
         for seq in 0..n {
-            send(r, seq);
+            send(rig, seq);
         }
         rx.join().expect("receiver")
     });
     assert_eq!(
-        sender,
+        received,
         (0..n).collect::<Vec<_>>(),
         "every frame once, in order"
     );
-    wait_pool_full(&rig);
-    let queued = rig.counter("tx_queued");
+    wait_pool_full(rig);
     assert!(
-        queued > 0,
+        rig.counter("tx_queued") > 0,
         "a stream of {n} back-to-back frames never reached the TX thread"
     );
+}
+
+#[test]
+fn a_back_to_back_stream_goes_to_the_tx_thread_in_order() {
+    let rig = rig(true);
+    let n = 20_000u32;
+    stream_in_order(&rig, n);
     assert_eq!(rig.counter("tx_packets"), u64::from(n));
     assert_eq!(rig.counter("tx_qdisc_drops"), 0);
 }
@@ -107,27 +111,8 @@ fn a_back_to_back_stream_goes_to_the_tx_thread_in_order() {
 fn a_tx_pool_smaller_than_a_give_back_batch_keeps_streaming() {
     // The TX thread gives buffers back in batches; with fewer buffers than a batch, it must
     // still give them back (when the qdisc runs dry) rather than hold the sender's last ones.
-    let poolsz = TX_GIVE_BACK_BATCH / 4;
-    let rig = rig_with_pool(true, poolsz);
-    let n = 5_000u32;
-    let seqs = std::thread::scope(|s| {
-        let r = &rig;
-        let rx = s.spawn(move || receive(r, n as usize));
-        for seq in 0..n {
-            send(r, seq);
-        }
-        rx.join().expect("receiver")
-    });
-    assert_eq!(
-        seqs,
-        (0..n).collect::<Vec<_>>(),
-        "every frame once, in order"
-    );
-    wait_pool_full(&rig);
-    assert!(
-        rig.counter("tx_queued") > 0,
-        "the stream never reached the TX thread"
-    );
+    let rig = rig_with_pool(true, TX_GIVE_BACK_BATCH / 4);
+    stream_in_order(&rig, 5_000);
 }
 
 #[test]
