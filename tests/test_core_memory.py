@@ -8,6 +8,7 @@ import shutil
 import socket as pysocket
 import subprocess
 import sys
+import threading
 import tracemalloc
 
 import pytest
@@ -27,6 +28,7 @@ from virtual_fixtures import (  # noqa: F401
 )
 
 from evlnet import AF_PACKET, ETH_P_ALL, SOCK_OOB, SOCK_RAW
+from evlnet.datapath import _core
 
 #: What the heap may move by between the 2 000th and the 10 000th datagram without anything
 #: growing per packet (allocator noise, a dict or deque resizing once). A leak of a single small
@@ -197,6 +199,7 @@ EXIT_CHILD = r"""
 import atexit, socket, sys, threading
 found = []
 atexit.register(lambda: print("closed" if found and all(s.closed for s in found) else "open",
+                              sys.modules["evlnet.datapath._core"].threads_outside_gil(),
                               flush=True))
 from evlnet import SOCK_OOB, Stack, VirtualLink
 link = VirtualLink("exitva", "exitvb")
@@ -233,6 +236,63 @@ def test_stacks_left_open_are_closed_at_exit(how):
         res = subprocess.run([sys.executable, "-c", EXIT_CHILD, how], capture_output=True,
                              text=True, timeout=60)
         assert res.returncode == (1 if how == "raise" else 0), res.stderr[-2000:]
-        assert res.stdout.split() == ["closed"], (res.stdout, res.stderr[-2000:])
+        # closed, and the receiver the close woke is back in Python before finalization
+        assert res.stdout.split() == ["closed", "0"], (res.stdout, res.stderr[-2000:])
         if how == "raise":
             assert "RuntimeError: left open" in res.stderr
+
+
+#: A program whose daemon thread is inside the core (a 0.3 s wait nothing wakes) when the
+#: main thread exits. Its first atexit hook runs after evlnet's and reports how many threads
+#: are still inside; the object collected at the end says whether finalization ran through.
+WAIT_CHILD = r"""
+import atexit, os, sys, threading, time
+atexit.register(lambda: print("outside", sys.modules["evlnet.datapath._core"].threads_outside_gil(),
+                              flush=True))
+class CollectedLast:
+    def __del__(self, write=os.write):
+        write(1, b"finalized\n")
+last = CollectedLast()
+from evlnet import VirtualLink
+link = VirtualLink("waita", "waitb")
+started = threading.Event()
+def wait():
+    started.set()
+    link.a.wait_tapped(0.3)
+threading.Thread(target=wait, daemon=True).start()
+started.wait()
+time.sleep(0.05)
+print("inside", sys.modules["evlnet.datapath._core"].threads_outside_gil(), flush=True)
+"""
+
+
+def test_exit_waits_for_threads_inside_the_core():
+    """evlnet's exit hook lets a thread that is inside the core (GIL released) come back to
+    Python before the interpreter finalizes: CPython 3.11 would end it with pthread_exit if
+    it took the GIL later, unwinding through the core's frames. Without the wait the hook
+    reports it still inside and the interpreter skips its finalizers."""
+    res = subprocess.run([sys.executable, "-c", WAIT_CHILD], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("\n")[:3] == ["inside 1", "outside 0", "finalized"], \
+        (res.stdout, res.stderr[-2000:])
+
+
+def test_threads_outside_the_gil_are_counted(pair):  # noqa: F811
+    """``threads_outside_gil`` counts a receiver blocked in the core, and a forked child
+    starts from 0 (the parent's waiting threads are not in it)."""
+    sa, sb = pair.solicited_pair(6100)
+    base = _core.threads_outside_gil()      # each stack's event thread waits in the core too
+    got: list[int] = []
+    receiver = threading.Thread(target=lambda: got.append(len(sb.oob_recvmsg(100)[0])))
+    receiver.start()
+    assert wait_until(lambda: _core.threads_outside_gil() == base + 1)
+    pid = os.fork()
+    if pid == 0:                                       # the child: report and leave at once
+        os._exit(10 + _core.threads_outside_gil())
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 10
+    sa.oob_sendmsg([b"hello"], address=(B_IP, 6100))
+    receiver.join(5.0)
+    assert got == [5]
+    assert wait_until(lambda: _core.threads_outside_gil() == base)

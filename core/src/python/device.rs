@@ -11,6 +11,7 @@ use crate::device::virtual_link::{VirtualEnd, VirtualLink, VirtualVlan};
 use crate::device::Device;
 
 use super::errors::{ioerr, oserr};
+use super::outside_gil;
 
 /// Anything a port can be enabled on.
 pub(super) fn device_of(obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn Device>> {
@@ -92,7 +93,7 @@ impl PyVirtualEnd {
     fn wait_tapped(&self, py: Python<'_>, timeout: f64) -> bool {
         let end = Arc::clone(&self.end);
         let ns = (timeout.max(0.0) * 1e9) as u64;
-        py.detach(move || end.wait_tapped(Some(ns)))
+        outside_gil(py, move || end.wait_tapped(Some(ns)))
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
         self.end.counters().snapshot()
@@ -100,7 +101,7 @@ impl PyVirtualEnd {
     /// Test hook: close (true) or open the TX gate (transmits wait inside the device).
     fn hold_tx(&self, py: Python<'_>, closed: bool) {
         let end = Arc::clone(&self.end);
-        py.detach(move || end.hold_tx(closed));
+        outside_gil(py, move || end.hold_tx(closed));
     }
     /// Test hook: transmits that waited at the gate.
     fn tx_held(&self) -> usize {
@@ -216,15 +217,14 @@ impl PyAfPacket {
     ) -> PyResult<Vec<(Bound<'py, PyBytes>, u64)>> {
         let dev = Arc::clone(&self.dev);
         let ns = timeout.map(|t| (t.max(0.0) * 1e9) as u64);
-        let got = py
-            .detach(move || {
-                let mut out = Vec::new();
-                dev.receive(limit, ns, &mut |b| {
-                    out.push((b.payload().to_vec(), b.times.device))
-                })
-                .map(|_| out)
+        let got = outside_gil(py, move || {
+            let mut out = Vec::new();
+            dev.receive(limit, ns, &mut |b| {
+                out.push((b.payload().to_vec(), b.times.device))
             })
-            .map_err(|e| ioerr(e, "receive"))?;
+            .map(|_| out)
+        })
+        .map_err(|e| ioerr(e, "receive"))?;
         Ok(got
             .into_iter()
             .map(|(f, t)| (PyBytes::new(py, &f), t))

@@ -13,6 +13,7 @@ use crate::filter::{FilterError, Program};
 
 use super::device::PyAfPacket;
 use super::errors::oserr;
+use super::outside_gil;
 use super::port::PyPort;
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -40,9 +41,7 @@ struct PyFilterProgram {
 impl PyFilterProgram {
     #[new]
     fn new(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
-        let program = py
-            .detach(|| Program::from_object(&data))
-            .map_err(filter_err)?;
+        let program = outside_gil(py, || Program::from_object(&data)).map_err(filter_err)?;
         Ok(PyFilterProgram { program })
     }
     /// The ELF section the program came from.
@@ -71,7 +70,7 @@ impl PyFilterProgram {
         interpreted: bool,
     ) -> PyResult<(i64, f64)> {
         let vm = VmFilter::new(self.program.clone()).map_err(filter_err)?;
-        Ok(py.detach(|| {
+        Ok(outside_gil(py, || {
             let start = std::time::Instant::now();
             let mut r0 = None;
             for _ in 0..runs.max(1) {
@@ -133,7 +132,7 @@ impl PyKernelProgram {
     /// (BPF_PROG_TEST_RUN): `(return value, ns per run)` as the kernel measured.
     fn test_run(&self, py: Python<'_>, frame: Vec<u8>, repeat: u32) -> PyResult<(u32, u32)> {
         let prog = program_of(self)?;
-        py.detach(|| prog.test_run(&frame, repeat))
+        outside_gil(py, || prog.test_run(&frame, repeat))
             .map_err(|e| PyOSError::new_err((e, "BPF_PROG_TEST_RUN")))
     }
 }

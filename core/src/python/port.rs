@@ -12,6 +12,7 @@ use crate::port::{Errno, Port, PortConfig, TxItem};
 use super::buffers::with_payload;
 use super::device::device_of;
 use super::errors::{ioerr, oserr};
+use super::outside_gil;
 use super::socket::PySocket;
 use super::stack::PyStack;
 
@@ -93,7 +94,7 @@ impl PyPort {
     fn shutdown(&self, py: Python<'_>, stack: PyRef<'_, PyStack>, drain: f64) {
         let port = Arc::clone(&self.port);
         stack.core.remove_port(port.id);
-        py.detach(move || port.shutdown((drain * 1e9) as u64));
+        outside_gil(py, move || port.shutdown((drain * 1e9) as u64));
     }
 
     #[getter]
@@ -274,7 +275,7 @@ impl PyCapture {
         self.port.capture.remove(&self.sink);
         self.sink.stop();
         let sink = Arc::clone(&self.sink);
-        py.detach(move || sink.wait(Some(5_000_000_000)));
+        outside_gil(py, move || sink.wait(Some(5_000_000_000)));
         self.stats()
     }
 
@@ -284,7 +285,7 @@ impl PyCapture {
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
         let ns = timeout.map(|t| (t.max(0.0) * 1e9) as u64);
         let sink = Arc::clone(&self.sink);
-        let done = py.detach(move || sink.wait(ns));
+        let done = outside_gil(py, move || sink.wait(ns));
         if done {
             self.port.capture.remove(&self.sink);
         }
@@ -320,7 +321,7 @@ impl Drop for PyCapture {
 pub(super) fn transmit(py: Python<'_>, port: &Arc<Port>, item: TxItem) -> Result<(), Errno> {
     if port.would_transmit_directly() {
         let port = Arc::clone(port);
-        py.detach(move || port.transmit(item))
+        outside_gil(py, move || port.transmit(item))
     } else {
         port.transmit(item)
     }
@@ -348,9 +349,8 @@ pub(super) fn take_buffer(
     } else {
         0
     };
-    py.detach(move || pool.take_spin_wait(spin_ns, deadline_ns))
-        .map_err(|e| match e {
-            crate::pool::TakeError::TimedOut => oserr(libc::ETIMEDOUT, "no free TX buffer"),
-            crate::pool::TakeError::Closed => oserr(libc::ENETDOWN, "port was disabled"),
-        })
+    outside_gil(py, move || pool.take_spin_wait(spin_ns, deadline_ns)).map_err(|e| match e {
+        crate::pool::TakeError::TimedOut => oserr(libc::ETIMEDOUT, "no free TX buffer"),
+        crate::pool::TakeError::Closed => oserr(libc::ENETDOWN, "port was disabled"),
+    })
 }

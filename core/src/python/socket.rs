@@ -17,6 +17,7 @@ use crate::tx::{self, SendError, UdpDatagram};
 
 use super::buffers::{copy_out, mac_of, with_exported, with_payload, writable_len};
 use super::errors::{ioerr, oserr};
+use super::outside_gil;
 use super::port::{take_buffer, transmit, PyPort};
 use super::stack::PyStack;
 
@@ -181,7 +182,7 @@ impl PySocket {
             let in_device = self.stack.settings.rx_wait_in_device.load(Relaxed);
             // the published map itself: a reference count, nothing allocated per wait
             let ports = self.stack.ports_snapshot();
-            let end = py.detach(move || {
+            let end = outside_gil(py, move || {
                 if busy_poll_us > 0 && !ports.is_empty() {
                     // Busy poll (SO_BUSY_POLL): this thread runs the ports' RX processing and
                     // their RX threads park meanwhile; registered only while spinning, so a
@@ -668,7 +669,7 @@ impl PySocket {
                 return Err(oserr(libc::EWOULDBLOCK, "no TX timestamp queued"));
             }
             let core = Arc::clone(&self.core);
-            if py.detach(move || core.wait_tx_records(deadline_ns)) == WaitEnd::TimedOut
+            if outside_gil(py, move || core.wait_tx_records(deadline_ns)) == WaitEnd::TimedOut
                 && self.core.tx_records() == 0
             {
                 return Err(oserr(

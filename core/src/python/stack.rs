@@ -13,6 +13,7 @@ use crate::stack::{udp_key, InbandKind, PacketListener, StackCore};
 
 use super::buffers::mac_of;
 use super::errors::ioerr;
+use super::outside_gil;
 use super::socket::PySocket;
 
 /// The core half of one `evlnet.Stack`.
@@ -166,7 +167,7 @@ impl PyStack {
     fn next_event<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> Option<InbandTuple<'py>> {
         let core = Arc::clone(&self.core);
         let ns = timeout.map(|t| (t.max(0.0) * 1e9) as u64);
-        let ev = py.detach(move || core.next_inband(ns))?;
+        let ev = outside_gil(py, move || core.next_inband(ns))?;
         let (kind, arg) = match ev.kind {
             InbandKind::Arp => ("arp", 0),
             InbandKind::EtherType(t) => ("ethertype", t as u32),

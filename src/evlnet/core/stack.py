@@ -57,8 +57,16 @@ log = logging.getLogger("evlnet.stack")
 _open_stacks: "weakref.WeakKeyDictionary[Stack, int]" = weakref.WeakKeyDictionary()
 
 
+#: how long the exit hook waits for the threads it woke to leave the core (seconds)
+EXIT_WAIT_S = 1.0
+
+
 def _close_open_stacks() -> None:
-    """``atexit``: close every stack this process left open (not a forked child's copies)."""
+    """``atexit``: close every stack this process left open (not a forked child's copies),
+    then let every thread woken out of the core take the GIL back before the interpreter
+    finalizes. CPython 3.11 ends a thread that takes the GIL during finalization with
+    ``pthread_exit``, and that forced unwinding through the core's frames aborts the process
+    (python/cpython#87135): such a thread must be back in Python first."""
     for stack, pid in list(_open_stacks.items()):
         if pid != os.getpid():
             continue
@@ -66,6 +74,9 @@ def _close_open_stacks() -> None:
             stack.close()
         except Exception:
             log.exception("%s: closing at exit failed", stack.name)
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while _core.threads_outside_gil() and time.monotonic() < deadline:
+        time.sleep(0.001)          # hands the GIL over
 
 
 atexit.register(_close_open_stacks)

@@ -21,9 +21,9 @@ from typing import Any, Literal, TypeAlias, final
 
 __all__ = [
     "__version__", "Stack", "Port", "Capture", "Socket", "VirtualEnd", "VirtualVlan",
-    "AfPacket", "virtual_link", "monotonic_ns", "FilterProgram", "KernelProgram",
-    "KernelCounters", "set_port_filter", "attach_socket_filter", "kernel_floor_program",
-    "TcxLink",
+    "AfPacket", "virtual_link", "monotonic_ns", "threads_outside_gil", "FilterProgram",
+    "KernelProgram", "KernelCounters", "set_port_filter", "attach_socket_filter",
+    "kernel_floor_program", "TcxLink",
 ]
 
 __version__: str
@@ -527,6 +527,10 @@ class Socket:
 
 def monotonic_ns() -> int:
     """CLOCK_MONOTONIC in ns, as the core reads it (the clock of every core time)."""
+
+def threads_outside_gil() -> int:
+    """Python threads inside the core with the GIL released (waiting, or in a device call);
+    evlnet's exit hook waits for none to be left. 0 in a forked child."""
 
 # -- eBPF RX filters (core/src/python/filter.rs) ------------------------------------------------
 
