@@ -33,7 +33,7 @@ pub(super) fn with_exported<R>(
     impl Drop for Release {
         fn drop(&mut self) {
             // SAFETY: the view was filled by a successful PyObject_GetBuffer, is released once,
-            // and the GIL is held: `f` may release it only within its own scope (`detach`).
+            // and the GIL is held: `f` may release it only within its own scope (`outside_gil`).
             unsafe { ffi::PyBuffer_Release(self.0) }
         }
     }
