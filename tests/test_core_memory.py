@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import shutil
 import socket as pysocket
 import subprocess
 import sys
 import threading
 import tracemalloc
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP, fragment
@@ -296,3 +298,17 @@ def test_threads_outside_the_gil_are_counted(pair):  # noqa: F811
     receiver.join(5.0)
     assert got == [5]
     assert wait_until(lambda: _core.threads_outside_gil() == base)
+
+
+def test_the_seam_releases_the_gil_only_through_outside_gil():
+    """The exit hook trusts ``threads_outside_gil``: every GIL release in the seam
+    (``core/src/python``) must go through ``outside_gil``, which counts it."""
+    seam = Path(__file__).resolve().parent.parent / "core" / "src" / "python"
+    release = re.compile(r"\.detach\(\s*(move\s*)?\||allow_threads|PyEval_SaveThread")
+    files = sorted(seam.glob("*.rs"))
+    assert len(files) > 3, files
+    uncounted = [f"{f.name}:{n}" for f in files if f.name != "mod.rs"
+                 for n, line in enumerate(f.read_text().splitlines(), 1) if release.search(line)]
+    assert uncounted == []
+    assert "py.detach(f)" in (seam / "mod.rs").read_text()
+
