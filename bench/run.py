@@ -42,6 +42,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(1, str(BENCH_DIR.parent / "src"))   # evlnet even without `pip install -e .`
 
+import _stalls  # noqa: E402
 from _report import Results, format_report, write_results  # noqa: E402
 
 RTT_PORT = 59059          # latmus' UDP port
@@ -710,7 +711,6 @@ def describe(p: Params, res: Results) -> None:
             "unrecorded round trips; its echo busy-polls while a client runs, waits in poll() "
             "otherwise.")
     if res.stalls:
-        import _stalls
         res.notes.append(_stalls.describe(res.stalls))
     if p.evlnet_opts:
         res.notes.append(f"evlnet options: {p.evlnet_opts}")
@@ -768,7 +768,6 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         if "stalls" not in p.skip:
-            import _stalls
             res.stalls = _stalls.measure(STALL_SECONDS[p.mode])
         why = veth_unavailable()
         if why:

@@ -118,8 +118,7 @@ def test_stall_probe_counts_the_gaps_it_sees():
     assert sum(c["bins"]) == c["gaps"] and 0.0 <= c["lost_pct"] <= 100.0
     assert f"CPU {cpu}:" in _stalls.describe(st)
     # stop the spinner for ~50 ms: at least one gap that long, in the last bins
-    proc = subprocess.Popen([sys.executable, "-c", _stalls.SPIN_PROGRAM, str(cpu), "1.0",
-                             str(_stalls.MIN_GAP_NS)], stdout=subprocess.PIPE, text=True)
+    proc = _stalls.start_spinner(cpu, 1.0)
     time.sleep(0.3)
     proc.send_signal(signal.SIGSTOP)
     time.sleep(0.05)
